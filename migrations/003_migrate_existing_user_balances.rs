@@ -1,0 +1,140 @@
+//! Sets every user's initial `withdrawableBalance` to 50% of `affiliateEarnings`.
+//!
+//! Money must not drift: the half is computed exactly in decimal and rounded to the cent, ties to
+//! even ([`crate::money`]); a Decimal128 input yields a Decimal128 balance. Users without earnings
+//! (missing, null, 0) get 0. Invalid earnings are never converted: the user is left untouched and
+//! reported. Users whose withdrawal fields already moved (non-zero) are not candidates, so the
+//! application's data is never overwritten, and each write is guarded on the fields it read.
+//! Before-images of every changed user let `down` restore the previous fields exactly.
+
+use crate::backfill::{self, Backfill, Change, Transform};
+use crate::error::{Error, Result};
+use crate::migration::{Context, Migration, Outcome};
+use crate::money::{classify, Earnings};
+use async_trait::async_trait;
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Bson, Document};
+use std::sync::Arc;
+
+const USERS: &str = "users";
+const EARNINGS: &str = "affiliateEarnings";
+const BALANCE: &str = "withdrawableBalance";
+const FIELDS: [&str; 3] = [BALANCE, "totalWithdrawn", "pendingWithdrawals"];
+
+/// The migration.
+pub struct MigrateExistingUserBalances;
+
+/// Constructor used by the registry.
+pub fn migration() -> MigrateExistingUserBalances {
+    MigrateExistingUserBalances
+}
+
+/// Users whose three withdrawal fields are all missing or 0: nothing has moved yet.
+fn untouched_by_application() -> Document {
+    doc! {
+        "$and": FIELDS.iter().map(|f| doc! { "$or": [{ *f: { "$exists": false } }, { *f: 0 }] }).collect::<Vec<_>>()
+    }
+}
+
+/// The change for one user (pure: runs on rayon across a batch).
+pub fn transform(user: &Document) -> Change {
+    let mut set = Document::new();
+    match classify(user.get(EARNINGS)) {
+        Earnings::Invalid(reason) => return Change::Invalid(reason),
+        Earnings::Half(half) => {
+            set.insert(BALANCE, half);
+        }
+        Earnings::None => {}
+    }
+    for f in FIELDS {
+        if !user.contains_key(f) && !set.contains_key(f) {
+            set.insert(f, 0);
+        }
+    }
+    if set.is_empty() {
+        Change::Unchanged
+    } else {
+        Change::Update { set, unset: Vec::new() }
+    }
+}
+
+fn backfill_spec() -> Backfill {
+    let mut spec = Backfill::new(USERS, untouched_by_application(), Transform::Client(Arc::new(transform)))
+        .fields(&[EARNINGS, BALANCE, "totalWithdrawn", "pendingWithdrawals"])
+        .with_before_images();
+    spec.label = "003 balances".into();
+    spec
+}
+
+#[async_trait]
+impl Migration for MigrateExistingUserBalances {
+    fn description(&self) -> &'static str {
+        "set withdrawableBalance to 50% of affiliateEarnings (exact to the cent)"
+    }
+
+    async fn up(&self, ctx: &Context) -> Result<Outcome> {
+        let stats = backfill::run(ctx, &backfill_spec()).await?;
+        if stats.invalid > 0 {
+            tracing::warn!(
+                migration = ctx.name(),
+                invalid = stats.invalid,
+                reasons = %stats.invalid_reasons,
+                samples = %Bson::Array(stats.invalid_samples.clone()).into_relaxed_extjson(),
+                "users with invalid affiliateEarnings were left untouched"
+            );
+        }
+        let verb = if ctx.dry_run() { "would set" } else { "set" };
+        let message = format!(
+            "{verb} withdrawal balances of {} user(s); {} already right, {} invalid left untouched, {} changed concurrently",
+            stats.modified, stats.unchanged, stats.invalid, stats.conflicts
+        );
+        Ok(Outcome::ok(message, stats.to_document()))
+    }
+
+    fn reversible(&self) -> bool {
+        true
+    }
+
+    async fn down(&self, ctx: &Context) -> Result<Outcome> {
+        let report = backfill::restore(ctx.db(), ctx.name(), ctx.stop()).await?;
+        let mut message = format!("restored the previous withdrawal fields of {} user(s)", report.restored + report.already);
+        if report.conflicts > 0 {
+            message.push_str(&format!(
+                "; {} user(s) changed since the migration and were left as they are (see rollbackResult.conflictSamples)",
+                report.conflicts
+            ));
+        }
+        Ok(Outcome::ok(message, report.to_document()))
+    }
+
+    /// No eligible user is left unmigrated: every user lacking a field, or still at the defaults
+    /// with earnings worth at least a cent of balance, must be one with invalid earnings.
+    async fn verify(&self, ctx: &Context) -> Result<()> {
+        let missing = doc! { "$or": FIELDS.iter().map(|f| doc! { *f: { "$exists": false } }).collect::<Vec<_>>() };
+        let owed = doc! { "$and": [untouched_by_application(), { EARNINGS: { "$gt": 0.01 } }] };
+        let filter = doc! { "$or": [missing, owed] };
+        let users = ctx.db().collection::<Document>(USERS);
+        let mut cursor = users
+            .find(filter)
+            .projection(doc! { EARNINGS: 1, BALANCE: 1, "totalWithdrawn": 1, "pendingWithdrawals": 1 })
+            .await
+            .map_err(Error::db("checking that every eligible user was migrated"))?;
+        let mut unmigrated = 0u64;
+        let mut samples = Vec::new();
+        while let Some(user) = cursor.try_next().await.map_err(Error::db("checking that every eligible user was migrated"))? {
+            if !matches!(transform(&user), Change::Invalid(_) | Change::Unchanged) {
+                unmigrated += 1;
+                if samples.len() < 5 {
+                    samples.push(user.get("_id").cloned().unwrap_or(Bson::Null));
+                }
+            }
+        }
+        if unmigrated > 0 {
+            return Err(Error::migration(
+                ctx.name(),
+                format!("{unmigrated} eligible user(s) left unmigrated, e.g. {}", Bson::Array(samples).into_relaxed_extjson()),
+            ));
+        }
+        Ok(())
+    }
+}

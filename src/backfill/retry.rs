@@ -1,0 +1,56 @@
+//! Retries transient failures (network drops, failovers, the driver's retryable labels) with
+//! backoff, so a blip does not end a long backfill; anything else fails at once.
+
+use crate::error::{Error, Result};
+use crate::migration::Stop;
+use mongodb::error::{ErrorKind, RETRYABLE_WRITE_ERROR};
+use std::future::IntoFuture;
+use std::time::Duration;
+use tracing::warn;
+
+const ATTEMPTS: u32 = 7;
+
+/// Whether `e` may pass if the operation is simply tried again.
+pub fn is_transient(e: &mongodb::error::Error) -> bool {
+    if e.contains_label(RETRYABLE_WRITE_ERROR)
+        || e.contains_label("TransientTransactionError")
+        || e.contains_label("RetryableReadError")
+    {
+        return true;
+    }
+    match e.kind.as_ref() {
+        ErrorKind::Io(_)
+        | ErrorKind::ConnectionPoolCleared { .. }
+        | ErrorKind::ServerSelection { .. } => true,
+        // NotWritablePrimary, InterruptedAtShutdown, HostUnreachable, NetworkTimeout, ...
+        ErrorKind::Command(c) => matches!(
+            c.code,
+            6 | 7 | 89 | 91 | 189 | 10107 | 11600 | 11602 | 13435 | 13436
+        ),
+        _ => false,
+    }
+}
+
+/// Runs `op` until it succeeds, fails permanently, or transient failures last ~1 minute.
+pub async fn with_retry<T, F, Fut>(what: &str, stop: &Stop, mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: IntoFuture<Output = mongodb::error::Result<T>>,
+{
+    let mut delay = Duration::from_millis(250);
+    for attempt in 1.. {
+        match op().into_future().await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt < ATTEMPTS && is_transient(&e) => {
+                warn!(attempt, error = %e, "{what} failed; retrying in {delay:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop.stopped() => return Err(Error::db(what)(e)),
+                }
+                delay = (delay * 2).min(Duration::from_secs(16));
+            }
+            Err(e) => return Err(Error::db(what)(e)),
+        }
+    }
+    unreachable!("the loop returns")
+}

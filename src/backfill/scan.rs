@@ -1,0 +1,150 @@
+//! Scans candidates in `_id` order by bounded queries (`_id > last`, sorted, limited), never one
+//! long-lived cursor: cursors die after 10 idle minutes and sessions after 30.
+//!
+//! `$gt` on `_id` only matches values of the same BSON type bracket, so a collection whose `_id`s
+//! mix types (numbers, strings, ObjectIds, ...) is walked one bracket at a time, in the server's
+//! sort order, each bracket opened with `$gte` its smallest value. The position is therefore
+//! (bracket, last `_id`), which is what the checkpoint stores.
+
+use mongodb::bson::{
+    doc, oid::ObjectId, spec::BinarySubtype, Binary, Bson, DateTime, Document, Timestamp,
+};
+
+/// Type brackets of `_id`, in the server's sort order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bracket {
+    /// `null` (at most one document).
+    Null,
+    /// int, long, double, decimal (compared numerically).
+    Number,
+    /// strings.
+    String,
+    /// embedded documents.
+    Object,
+    /// binary.
+    Binary,
+    /// ObjectId.
+    ObjectId,
+    /// booleans.
+    Bool,
+    /// dates.
+    Date,
+    /// timestamps.
+    Timestamp,
+}
+
+/// Every bracket, in scan order.
+pub const BRACKETS: [Bracket; 9] = [
+    Bracket::Null,
+    Bracket::Number,
+    Bracket::String,
+    Bracket::Object,
+    Bracket::Binary,
+    Bracket::ObjectId,
+    Bracket::Bool,
+    Bracket::Date,
+    Bracket::Timestamp,
+];
+
+impl Bracket {
+    /// The `_id` condition selecting this bracket from its start, or after `last`.
+    pub fn id_filter(self, last: Option<&Bson>) -> Document {
+        if let Some(last) = last {
+            return doc! { "_id": { "$gt": last.clone() } };
+        }
+        let lowest: Bson = match self {
+            Bracket::Null => return doc! { "_id": { "$type": "null" } },
+            Bracket::Number => Bson::Double(f64::NEG_INFINITY),
+            Bracket::String => Bson::String(String::new()),
+            Bracket::Object => Bson::Document(Document::new()),
+            Bracket::Binary => Bson::Binary(Binary {
+                subtype: BinarySubtype::Generic,
+                bytes: Vec::new(),
+            }),
+            Bracket::ObjectId => Bson::ObjectId(ObjectId::from_bytes([0; 12])),
+            Bracket::Bool => Bson::Boolean(false),
+            Bracket::Date => Bson::DateTime(DateTime::from_millis(i64::MIN)),
+            Bracket::Timestamp => Bson::Timestamp(Timestamp {
+                time: 0,
+                increment: 0,
+            }),
+        };
+        doc! { "_id": { "$gte": lowest } }
+    }
+}
+
+/// Where a scan stands: the bracket, and the last `_id` handed out within it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Position {
+    /// Index into [`BRACKETS`]; `BRACKETS.len()` means done.
+    pub bracket: usize,
+    /// Last `_id` handed out in that bracket.
+    pub last: Option<Bson>,
+}
+
+impl Position {
+    /// The very beginning.
+    pub fn start() -> Self {
+        Position {
+            bracket: 0,
+            last: None,
+        }
+    }
+    /// Whether every bracket is done.
+    pub fn done(&self) -> bool {
+        self.bracket >= BRACKETS.len()
+    }
+    /// The filter for the next batch: the candidates after this position in its bracket.
+    pub fn filter(&self, candidates: &Document) -> Document {
+        let ids = BRACKETS[self.bracket].id_filter(self.last.as_ref());
+        if candidates.is_empty() {
+            ids
+        } else {
+            doc! { "$and": [candidates.clone(), ids] }
+        }
+    }
+    /// Moves past a batch whose last `_id` is `last`.
+    pub fn advance_to(&mut self, last: Bson) {
+        self.last = Some(last);
+    }
+    /// Moves to the next bracket (the current one has no more candidates).
+    pub fn next_bracket(&mut self) {
+        self.bracket += 1;
+        self.last = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_bracket_opens_at_its_lowest_value() {
+        assert_eq!(
+            Bracket::Number.id_filter(None),
+            doc! { "_id": { "$gte": f64::NEG_INFINITY } }
+        );
+        assert_eq!(
+            Bracket::String.id_filter(None),
+            doc! { "_id": { "$gte": "" } }
+        );
+        assert_eq!(
+            Bracket::Null.id_filter(None),
+            doc! { "_id": { "$type": "null" } }
+        );
+    }
+
+    #[test]
+    fn position_walks_brackets_in_order() {
+        let mut p = Position::start();
+        p.advance_to(Bson::Int32(5));
+        assert_eq!(p.filter(&doc! {}), doc! { "_id": { "$gt": 5 } });
+        p.next_bracket();
+        assert_eq!(p.bracket, 1);
+        assert_eq!(p.last, None);
+        while !p.done() {
+            p.next_bracket();
+        }
+        assert!(p.done());
+    }
+}

@@ -1,0 +1,206 @@
+//! The [`Migration`] trait every file in `migrations/` implements, and the [`Context`] it runs in.
+
+use crate::error::{Error, Result};
+use crate::store::Store;
+use async_trait::async_trait;
+use mongodb::bson::Document;
+use mongodb::Database;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// One numbered migration. Its name and number come from its file name.
+#[async_trait]
+pub trait Migration: Send + Sync {
+    /// One line saying what it does, shown by `migrate status`.
+    fn description(&self) -> &'static str;
+
+    /// Applies the migration. Must be safe to run again after a crash or a failure, and must
+    /// write nothing when `ctx.dry_run()` is set (report what it would do instead).
+    async fn up(&self, ctx: &Context) -> Result<Outcome>;
+
+    /// Whether [`Migration::down`] exists; rollback is refused otherwise.
+    fn reversible(&self) -> bool {
+        false
+    }
+
+    /// Reverts the migration's changes.
+    async fn down(&self, ctx: &Context) -> Result<Outcome> {
+        Err(Error::Refused(format!(
+            "migration {} has no down; nothing was changed",
+            ctx.name()
+        )))
+    }
+
+    /// The post-condition, checked after `up` and before the migration is recorded completed.
+    async fn verify(&self, _ctx: &Context) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// What a migration reports: stored in the tracking record's `result`.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// False records the migration as failed.
+    pub success: bool,
+    /// One line for the operator.
+    pub message: String,
+    /// Structured details (counts, samples) stored as `result`.
+    pub result: Document,
+}
+
+impl Outcome {
+    /// A successful outcome.
+    pub fn ok(message: impl Into<String>, result: Document) -> Self {
+        Outcome {
+            success: true,
+            message: message.into(),
+            result,
+        }
+    }
+}
+
+/// Knobs of a run, from `migrate up` flags.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Documents per batch.
+    pub batch_size: usize,
+    /// Batches in flight at once.
+    pub concurrency: usize,
+    /// Throttle: documents scanned per second at most (None: unthrottled).
+    pub max_docs_per_sec: Option<f64>,
+    /// Scan and transform, write nothing.
+    pub dry_run: bool,
+    /// Allow destructive rollbacks (e.g. removing fields that hold real data).
+    pub force: bool,
+    /// Fail the run on invalid source data instead of skipping and reporting it.
+    pub fail_on_invalid: bool,
+    /// Continue interrupted migrations from their checkpoints.
+    pub resume: bool,
+    /// Start interrupted migrations over, discarding their checkpoints.
+    pub restart: bool,
+    /// Run even though an applied migration's source changed.
+    pub allow_drift: bool,
+    /// Wait for the lock instead of failing (None: don't wait; Some(None): forever).
+    pub wait_for_lock: Option<Option<Duration>>,
+    /// Lock lease; a holder that stops renewing loses the lock after this.
+    pub lock_lease: Duration,
+    /// Progress bar on stderr (when it is a terminal).
+    pub progress: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            batch_size: 1000,
+            concurrency: 4,
+            max_docs_per_sec: None,
+            dry_run: false,
+            force: false,
+            fail_on_invalid: false,
+            resume: false,
+            restart: false,
+            allow_drift: false,
+            wait_for_lock: None,
+            lock_lease: Duration::from_secs(60),
+            progress: true,
+        }
+    }
+}
+
+/// Why a run is stopping early.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// Ctrl-C or SIGTERM.
+    Signal,
+    /// The lock's lease could not be renewed.
+    LockLost(String),
+}
+
+/// Shared stop flag: set by signal handlers or a lost lock, polled by long migrations.
+#[derive(Debug, Clone, Default)]
+pub struct Stop {
+    token: CancellationToken,
+    reason: Arc<Mutex<Option<StopReason>>>,
+}
+
+impl Stop {
+    /// Asks the run to stop after the work in flight (first reason wins).
+    pub fn trigger(&self, reason: StopReason) {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(reason);
+        self.token.cancel();
+    }
+    /// Whether a stop was asked for.
+    pub fn is_stopped(&self) -> bool {
+        self.token.is_cancelled()
+    }
+    /// Resolves once a stop is asked for.
+    pub async fn stopped(&self) {
+        self.token.cancelled().await
+    }
+    /// The error a stopped run ends with.
+    pub fn error(&self) -> Error {
+        match self
+            .reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            Some(StopReason::LockLost(why)) => Error::LockLost(why),
+            _ => Error::Cancelled,
+        }
+    }
+}
+
+/// What a running migration sees.
+#[derive(Clone)]
+pub struct Context {
+    pub(crate) db: Database,
+    pub(crate) name: String,
+    pub(crate) options: RunOptions,
+    pub(crate) checkpoint: Option<Document>,
+    pub(crate) applied_result: Option<Document>,
+    pub(crate) store: Store,
+    pub(crate) stop: Stop,
+}
+
+impl Context {
+    /// The target database.
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+    /// This migration's name (`NNN_snake_name`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The run's options.
+    pub fn options(&self) -> &RunOptions {
+        &self.options
+    }
+    /// True when nothing may be written.
+    pub fn dry_run(&self) -> bool {
+        self.options.dry_run
+    }
+    /// The checkpoint saved by an interrupted run, when resuming.
+    pub fn checkpoint(&self) -> Option<&Document> {
+        self.checkpoint.as_ref()
+    }
+    /// In a `down`: the result the migration's `up` recorded.
+    pub fn applied_result(&self) -> Option<&Document> {
+        self.applied_result.as_ref()
+    }
+    /// The run's stop flag.
+    pub fn stop(&self) -> &Stop {
+        &self.stop
+    }
+    /// Saves the resume point on this migration's tracking record (never in a dry run).
+    pub async fn save_checkpoint(&self, checkpoint: Document) -> Result<()> {
+        if self.options.dry_run {
+            return Ok(());
+        }
+        self.store.save_checkpoint(&self.name, checkpoint).await
+    }
+}

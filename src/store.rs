@@ -1,0 +1,265 @@
+//! The `migrations` tracking collection.
+//!
+//! One document per migration keeps the seed's fields (`name`, `executedAt`, `status`, `result`)
+//! so existing tooling still reads it, and adds run state, timings, checksum, who ran it, the
+//! backfill checkpoint, and a `history` array that rollback never erases (the audit trail).
+
+use crate::error::{Error, Result};
+use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::options::IndexOptions;
+use mongodb::{Collection, Database, IndexModel};
+use serde::{Deserialize, Serialize};
+
+/// Name of the tracking collection (the seed's).
+pub const TRACKING_COLLECTION: &str = "migrations";
+
+/// Record states as stored in `status`.
+pub mod status {
+    /// Applied.
+    pub const COMPLETED: &str = "completed";
+    /// `up` failed; `migrate up` runs it again.
+    pub const FAILED: &str = "failed";
+    /// In progress, or interrupted (then it carries a checkpoint).
+    pub const RUNNING: &str = "running";
+    /// `down` in progress, or interrupted.
+    pub const ROLLING_BACK: &str = "rolling_back";
+    /// Reverted by `migrate rollback`; `migrate up` applies it again.
+    pub const ROLLED_BACK: &str = "rolled_back";
+}
+
+/// Who is running: recorded on records, history entries and the lock.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Actor {
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// OS user.
+    pub user: String,
+}
+
+impl Actor {
+    /// The current process.
+    pub fn current() -> Self {
+        Actor {
+            host: hostname::get()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "unknown".into()),
+            pid: std::process::id(),
+            user: std::env::var("USER")
+                .or_else(|_| std::env::var("USERNAME"))
+                .unwrap_or_else(|_| "unknown".into()),
+        }
+    }
+}
+
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{} pid {}", self.user, self.host, self.pid)
+    }
+}
+
+/// A tracking record as read back.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    /// Migration name (`NNN_snake_name`).
+    pub name: String,
+    /// One of [`status`].
+    pub status: String,
+    /// When it last completed (the seed's field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub executed_at: Option<DateTime>,
+    /// When the last `up`/`down` started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime>,
+    /// When the last `up`/`down` ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime>,
+    /// Duration of the last `up`/`down`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<i64>,
+    /// SHA-256 of the source that last ran.
+    #[serde(default)]
+    pub checksum: String,
+    /// The last outcome's result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Document>,
+    /// The last error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Resume point of an interrupted backfill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Document>,
+    /// Every `up` and `down`, oldest first.
+    #[serde(default)]
+    pub history: Vec<Document>,
+}
+
+/// Access to the tracking collection.
+#[derive(Debug, Clone)]
+pub struct Store {
+    coll: Collection<Document>,
+    actor: Actor,
+}
+
+impl Store {
+    /// The tracking collection of `db`.
+    pub fn new(db: &Database, actor: Actor) -> Self {
+        Store {
+            coll: db.collection(TRACKING_COLLECTION),
+            actor,
+        }
+    }
+
+    /// Who this store records as the actor.
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+
+    /// Creates the unique index on `name` (idempotent).
+    pub async fn ensure_indexes(&self) -> Result<()> {
+        let index = IndexModel::builder()
+            .keys(doc! { "name": 1 })
+            .options(
+                IndexOptions::builder()
+                    .unique(true)
+                    .name("name_unique".to_string())
+                    .build(),
+            )
+            .build();
+        self.coll
+            .create_index(index)
+            .await
+            .map(|_| ())
+            .map_err(Error::db("creating the unique index on migrations.name"))
+    }
+
+    /// Every record, by name.
+    pub async fn load_all(&self) -> Result<Vec<Record>> {
+        use futures::TryStreamExt;
+        let docs: Vec<Document> = self
+            .coll
+            .find(doc! {})
+            .await
+            .map_err(Error::db("reading the migrations collection"))?
+            .try_collect()
+            .await
+            .map_err(Error::db("reading the migrations collection"))?;
+        docs.into_iter()
+            .map(|d| {
+                let name = d.get_str("name").unwrap_or("?").to_string();
+                mongodb::bson::from_document::<Record>(d).map_err(|e| {
+                    Error::Config(format!(
+                        "tracking record {name:?} in the migrations collection is malformed ({e}); fix or remove it"
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// Marks `name` running (upserting its record). `keep_checkpoint` keeps a resume point.
+    pub async fn begin(
+        &self,
+        name: &str,
+        checksum: &str,
+        keep_checkpoint: bool,
+        started: DateTime,
+    ) -> Result<()> {
+        let mut update = doc! {
+            "$set": {
+                "status": status::RUNNING,
+                "startedAt": started,
+                "checksum": checksum,
+                "host": &self.actor.host,
+                "pid": self.actor.pid as i64,
+                "user": &self.actor.user,
+            },
+            "$unset": { "error": "", "finishedAt": "", "durationMs": "" },
+        };
+        if !keep_checkpoint {
+            update
+                .get_document_mut("$unset")
+                .unwrap()
+                .insert("checkpoint", "");
+        }
+        self.coll
+            .update_one(doc! { "name": name }, update)
+            .upsert(true)
+            .await
+            .map_err(Error::db(format!("recording {name} as running")))?;
+        Ok(())
+    }
+
+    /// Stores the backfill resume point.
+    pub async fn save_checkpoint(&self, name: &str, mut checkpoint: Document) -> Result<()> {
+        checkpoint.insert("updatedAt", DateTime::now());
+        self.coll
+            .update_one(
+                doc! { "name": name },
+                doc! { "$set": { "checkpoint": checkpoint } },
+            )
+            .await
+            .map_err(Error::db(format!("saving the checkpoint of {name}")))?;
+        Ok(())
+    }
+
+    /// Ends an `up` or `down`: sets `fields`, unsets `unset`, and appends a history entry whose
+    /// status is `outcome` (`completed`, `failed`, `interrupted`, `rolled_back`).
+    pub async fn finish(
+        &self,
+        name: &str,
+        action: &str,
+        outcome: &str,
+        started: DateTime,
+        mut fields: Document,
+        unset: &[&str],
+    ) -> Result<()> {
+        let finished = DateTime::now();
+        let duration = finished.timestamp_millis() - started.timestamp_millis();
+        fields.insert("finishedAt", finished);
+        fields.insert("durationMs", duration);
+        let mut entry = doc! {
+            "action": action,
+            "status": outcome,
+            "startedAt": started,
+            "finishedAt": finished,
+            "durationMs": duration,
+            "host": &self.actor.host,
+            "pid": self.actor.pid as i64,
+            "user": &self.actor.user,
+        };
+        for key in ["result", "error", "checksum"] {
+            if let Some(v) = fields.get(key) {
+                entry.insert(key, v.clone());
+            }
+        }
+        let mut update = doc! { "$set": fields, "$push": { "history": entry } };
+        if !unset.is_empty() {
+            update.insert(
+                "$unset",
+                unset
+                    .iter()
+                    .map(|k| (k.to_string(), Bson::String(String::new())))
+                    .collect::<Document>(),
+            );
+        }
+        self.coll
+            .update_one(doc! { "name": name }, update)
+            .upsert(true)
+            .await
+            .map_err(Error::db(format!(
+                "recording the end of {action} for {name}"
+            )))?;
+        Ok(())
+    }
+
+    /// Sets fields without a history entry (e.g. `rolling_back`).
+    pub async fn set(&self, name: &str, fields: Document) -> Result<()> {
+        self.coll
+            .update_one(doc! { "name": name }, doc! { "$set": fields })
+            .await
+            .map_err(Error::db(format!("updating the record of {name}")))?;
+        Ok(())
+    }
+}

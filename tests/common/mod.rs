@@ -1,0 +1,220 @@
+//! Test harness: a real MongoDB-wire server and a fresh database per test.
+//!
+//! `MONGODB_URI` points the tests at any MongoDB 6+ server. Without it, each test binary starts
+//! one `secantusd-rs` (installed by `scripts/install-test-server.sh`) on a free port with a
+//! temporary directory; the server is killed when the test process ends.
+
+#![allow(dead_code)]
+
+use mongodb::bson::{doc, Document};
+use mongodb::{Client, Database};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// `scheme://hosts` and `?options` of the server, without a database.
+struct Server {
+    base: String,
+    query: String,
+}
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn server() -> &'static Server {
+    SERVER.get_or_init(|| match std::env::var("MONGODB_URI") {
+        Ok(uri) if !uri.is_empty() => split_uri(&uri),
+        _ => start_secantus(),
+    })
+}
+
+fn split_uri(uri: &str) -> Server {
+    let (scheme, rest) = uri.split_once("://").expect("MONGODB_URI has a scheme");
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, format!("?{q}")),
+        None => (rest, String::new()),
+    };
+    let hosts = rest.split('/').next().unwrap();
+    Server {
+        base: format!("{scheme}://{hosts}"),
+        query,
+    }
+}
+
+fn secantus_binary() -> PathBuf {
+    if let Ok(path) = std::env::var("SECANTUSD") {
+        return PathBuf::from(path);
+    }
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo")
+        });
+    let installed = home.join("bin/secantusd-rs");
+    if installed.exists() {
+        installed
+    } else {
+        PathBuf::from("secantusd-rs")
+    }
+}
+
+/// Starts the server from a thread that never ends, so the kernel's parent-death signal (tied
+/// to the spawning thread) fires only when the whole test process exits.
+fn start_secantus() -> Server {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let dir = tempfile::tempdir().expect("temp dir for the test server");
+        let mut cmd = Command::new(secantus_binary());
+        cmd.args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--cache-size",
+            "256M",
+            "--log-level",
+            "WARNING",
+            "--storage-path",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+        #[cfg(target_os = "linux")]
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("cannot start secantusd-rs ({e}); run scripts/install-test-server.sh or set MONGODB_URI")
+        });
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let port = loop {
+            let line = lines
+                .next()
+                .expect("secantusd-rs exited before listening")
+                .unwrap();
+            if let Some(addr) = line.strip_prefix("secantusd-rs listening on ") {
+                break addr.rsplit(':').next().unwrap().trim().to_string();
+            }
+        };
+        tx.send(port).unwrap();
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        loop {
+            std::thread::park();
+            let _ = &dir;
+        }
+    });
+    let port = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("secantusd-rs did not start within 60s");
+    Server {
+        base: format!("mongodb://127.0.0.1:{port}"),
+        query: "?directConnection=true".into(),
+    }
+}
+
+/// A database of its own for one test.
+pub struct TestDb {
+    pub client: Client,
+    pub db: Database,
+    pub name: String,
+    /// Connection string naming this database (what the CLI gets as MONGODB_URI).
+    pub uri: String,
+    /// A log directory of its own.
+    pub logs: tempfile::TempDir,
+}
+
+/// A fresh, empty database named after `tag`.
+pub async fn fresh_db(tag: &str) -> TestDb {
+    let server = server();
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let tag: String = tag
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(30)
+        .collect();
+    let name = format!("t{}_{n}_{tag}", std::process::id());
+    let uri = format!("{}/{}{}", server.base, name, server.query);
+    let client = Client::with_uri_str(&uri)
+        .await
+        .expect("connect to the test server");
+    let db = client.database(&name);
+    db.drop().await.expect("drop the test database");
+    TestDb {
+        client,
+        db,
+        name,
+        uri,
+        logs: tempfile::tempdir().unwrap(),
+    }
+}
+
+impl TestDb {
+    /// Runs the `migrate` binary against this database and waits for it.
+    pub fn migrate(&self, args: &[&str]) -> Output {
+        self.migrate_cmd(args).output().expect("run migrate")
+    }
+
+    /// The `migrate` command, configured for this database, not yet started.
+    pub fn migrate_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_migrate"));
+        cmd.args(args)
+            .env("MONGODB_URI", &self.uri)
+            .env("MIGRATE_LOG_DIR", self.logs.path())
+            .env("MIGRATE_ENV_FILE", self.logs.path().join("no.env"))
+            .env_remove("MONGODB_DB")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// The log file of CLI runs.
+    pub fn log_file(&self) -> PathBuf {
+        self.logs.path().join("migration.log")
+    }
+
+    /// Every document of `collection`, sorted by `_id`.
+    pub async fn all(&self, collection: &str) -> Vec<Document> {
+        use futures::TryStreamExt;
+        self.db
+            .collection::<Document>(collection)
+            .find(doc! {})
+            .sort(doc! { "_id": 1 })
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap()
+    }
+
+    /// The tracking record of `name`.
+    pub async fn record(&self, name: &str) -> Option<Document> {
+        self.db
+            .collection::<Document>("migrations")
+            .find_one(doc! { "name": name })
+            .await
+            .unwrap()
+    }
+}
+
+/// stdout and stderr of a CLI run, for assertions and failure messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Reads a whole file, or "" if it does not exist.
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}

@@ -1,0 +1,1 @@
+//! Tests of migrations/002_create_withdrawal_indexes.rs.

@@ -106,6 +106,9 @@ struct UpArgs {
     /// No progress bar, even on a terminal (progress still goes to the log)
     #[arg(long)]
     no_progress: bool,
+    /// Run pending migrations only up to and including this number (e.g. --to 2)
+    #[arg(long, value_name = "NNN")]
+    to: Option<u32>,
     #[command(flatten)]
     lock: LockArgs,
 }
@@ -236,6 +239,7 @@ async fn up(db: mongodb::Database, config: &Config, args: UpArgs) -> Result<()> 
         resume: args.resume,
         restart: args.restart,
         progress: !args.no_progress,
+        to: args.to,
         ..RunOptions::default()
     };
     lock_options(&mut options, &args.lock);

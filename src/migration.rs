@@ -87,6 +87,8 @@ pub struct RunOptions {
     pub lock_lease: Duration,
     /// Progress bar on stderr (when it is a terminal).
     pub progress: bool,
+    /// Run pending migrations only up to and including this number.
+    pub to: Option<u32>,
 }
 
 impl Default for RunOptions {
@@ -104,6 +106,7 @@ impl Default for RunOptions {
             wait_for_lock: None,
             lock_lease: Duration::from_secs(60),
             progress: true,
+            to: None,
         }
     }
 }

@@ -193,6 +193,13 @@ impl MigrationRunner {
     /// Refuses to run over drift or an unfinished rollback, and over an interrupted migration
     /// unless the operator chose `--resume` or `--restart`.
     fn check_runnable(&self, plan: &[MigrationStatus]) -> Result<()> {
+        if let Some(to) = self.options.to {
+            if !self.migrations.iter().any(|m| m.number == to) {
+                return Err(Error::Config(format!(
+                    "--to {to:03}: no migration has that number (see `migrate status`)"
+                )));
+            }
+        }
         let changed: Vec<&str> = plan
             .iter()
             .filter(|m| m.state == State::Changed)
@@ -224,6 +231,11 @@ impl MigrationRunner {
             }
         }
         Ok(())
+    }
+
+    /// Pending, and within `--to`.
+    fn wanted(&self, m: &MigrationStatus) -> bool {
+        m.state.is_pending() && self.options.to.is_none_or(|to| m.number <= to)
     }
 
     async fn lock(&self, command: &str) -> Result<LockGuard> {
@@ -264,7 +276,7 @@ impl MigrationRunner {
         let plan = self.plan(self.store.load_all().await?);
         self.check_runnable(&plan)?;
         let mut report = RunReport::default();
-        let pending: Vec<_> = plan.iter().filter(|m| m.state.is_pending()).collect();
+        let pending: Vec<_> = plan.iter().filter(|m| self.wanted(m)).collect();
         if pending.is_empty() {
             info!("nothing to migrate: every migration is applied");
             return Ok(report);
@@ -379,7 +391,7 @@ impl MigrationRunner {
             dry_run: true,
             ..Default::default()
         };
-        for entry in plan.iter().filter(|m| m.state.is_pending()) {
+        for entry in plan.iter().filter(|m| self.wanted(m)) {
             let registered = self
                 .migrations
                 .iter()

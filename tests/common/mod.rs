@@ -107,10 +107,9 @@ fn start_secantus() -> Server {
         tx.send(port).unwrap();
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        loop {
-            std::thread::park();
-            let _ = &dir;
-        }
+        // This thread outlives every test: it waits on the server until the process exits.
+        let _ = child.wait();
+        drop(dir);
     });
     let port = rx
         .recv_timeout(Duration::from_secs(60))

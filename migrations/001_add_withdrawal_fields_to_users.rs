@@ -11,7 +11,11 @@ use async_trait::async_trait;
 use mongodb::bson::{doc, Document};
 
 /// The withdrawal fields and the collection they live in.
-pub const FIELDS: [&str; 3] = ["withdrawableBalance", "totalWithdrawn", "pendingWithdrawals"];
+pub const FIELDS: [&str; 3] = [
+    "withdrawableBalance",
+    "totalWithdrawn",
+    "pendingWithdrawals",
+];
 const USERS: &str = "users";
 
 /// The migration.
@@ -29,7 +33,12 @@ fn missing_any() -> Document {
 fn add_missing() -> Backfill {
     let updates = FIELDS
         .iter()
-        .map(|f| ServerUpdate::operators(doc! { *f: { "$exists": false } }, doc! { "$set": { *f: 0 } }))
+        .map(|f| {
+            ServerUpdate::operators(
+                doc! { *f: { "$exists": false } },
+                doc! { "$set": { *f: 0 } },
+            )
+        })
         .collect();
     let mut spec = Backfill::new(USERS, missing_any(), Transform::Server(updates));
     spec.label = "001 withdrawal fields".into();
@@ -50,7 +59,13 @@ impl Migration for AddWithdrawalFields {
             "batches": stats.batches as i64,
         };
         let verb = if ctx.dry_run() { "would add" } else { "added" };
-        Ok(Outcome::ok(format!("{verb} {} missing field(s) to {} user(s)", stats.modified, stats.scanned), result))
+        Ok(Outcome::ok(
+            format!(
+                "{verb} {} missing field(s) to {} user(s)",
+                stats.modified, stats.scanned
+            ),
+            result,
+        ))
     }
 
     fn reversible(&self) -> bool {
@@ -64,26 +79,48 @@ impl Migration for AddWithdrawalFields {
         let filter = if ctx.options().force {
             doc! { "$or": FIELDS.iter().map(|f| doc! { *f: { "$exists": true } }).collect::<Vec<_>>() }
         } else {
-            FIELDS.iter().map(|f| (f.to_string(), mongodb::bson::Bson::Int32(0))).collect::<Document>()
+            FIELDS
+                .iter()
+                .map(|f| (f.to_string(), mongodb::bson::Bson::Int32(0)))
+                .collect::<Document>()
         };
-        let mut spec = Backfill::new(USERS, filter, Transform::Server(vec![ServerUpdate::operators(doc! {}, unset)])).without_checkpoints();
+        let mut spec = Backfill::new(
+            USERS,
+            filter,
+            Transform::Server(vec![ServerUpdate::operators(doc! {}, unset)]),
+        )
+        .without_checkpoints();
         spec.label = "001 rollback".into();
         let stats = backfill::run(ctx, &spec).await?;
         let real = doc! { "$or": FIELDS.iter().map(|f| doc! { *f: { "$exists": true, "$ne": 0 } }).collect::<Vec<_>>() };
-        let left_alone = backfill::remaining(ctx, &Backfill::new(USERS, real, Transform::Server(vec![])), doc! {}).await?;
-        let mut message = format!("removed the withdrawal fields from {} user(s)", stats.scanned);
+        let left_alone = backfill::remaining(
+            ctx,
+            &Backfill::new(USERS, real, Transform::Server(vec![])),
+            doc! {},
+        )
+        .await?;
+        let mut message = format!(
+            "removed the withdrawal fields from {} user(s)",
+            stats.scanned
+        );
         if left_alone > 0 {
             message.push_str(&format!(
                 "; left {left_alone} user(s) alone because they hold real balances (rollback --force removes those too, destroying them)"
             ));
         }
-        Ok(Outcome::ok(message, doc! { "usersReverted": stats.scanned as i64, "leftAlone": left_alone as i64 }))
+        Ok(Outcome::ok(
+            message,
+            doc! { "usersReverted": stats.scanned as i64, "leftAlone": left_alone as i64 },
+        ))
     }
 
     async fn verify(&self, ctx: &Context) -> Result<()> {
         let lacking = backfill::remaining(ctx, &add_missing(), doc! {}).await?;
         if lacking > 0 {
-            return Err(Error::migration(ctx.name(), format!("{lacking} user(s) still lack a withdrawal field")));
+            return Err(Error::migration(
+                ctx.name(),
+                format!("{lacking} user(s) still lack a withdrawal field"),
+            ));
         }
         Ok(())
     }

@@ -39,8 +39,15 @@ pub const INDEXES: &[(&str, &[&str])] = &[
 
 /// The index's key document and its default name (`status_1_createdAt_1`).
 pub fn spec(fields: &[&str]) -> (Document, String) {
-    let keys: Document = fields.iter().map(|f| (f.to_string(), Bson::Int32(1))).collect();
-    let name = fields.iter().map(|f| format!("{f}_1")).collect::<Vec<_>>().join("_");
+    let keys: Document = fields
+        .iter()
+        .map(|f| (f.to_string(), Bson::Int32(1)))
+        .collect();
+    let name = fields
+        .iter()
+        .map(|f| format!("{f}_1"))
+        .collect::<Vec<_>>()
+        .join("_");
     (keys, name)
 }
 
@@ -48,7 +55,10 @@ async fn existing(db: &Database, collection: &str) -> Result<Vec<Document>> {
     let coll = db.collection::<Document>(collection);
     match coll.list_indexes().await {
         Ok(cursor) => {
-            let models: Vec<IndexModel> = cursor.try_collect().await.map_err(Error::db(format!("listing indexes of {collection}")))?;
+            let models: Vec<IndexModel> = cursor
+                .try_collect()
+                .await
+                .map_err(Error::db(format!("listing indexes of {collection}")))?;
             Ok(models
                 .into_iter()
                 .map(|m| {
@@ -64,15 +74,25 @@ async fn existing(db: &Database, collection: &str) -> Result<Vec<Document>> {
                 .collect())
         }
         // A collection that does not exist yet has no indexes.
-        Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 26) => Ok(Vec::new()),
+        Err(e) if matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if c.code == 26) => {
+            Ok(Vec::new())
+        }
         Err(e) => Err(Error::db(format!("listing indexes of {collection}"))(e)),
     }
 }
 
 /// Same fields, same order, same directions (numbers compared by value).
 fn same_keys(a: &Document, b: &Document) -> bool {
-    let num = |v: &Bson| v.as_i32().map(f64::from).or_else(|| v.as_i64().map(|n| n as f64)).or_else(|| v.as_f64());
-    a.len() == b.len() && a.iter().zip(b.iter()).all(|((ka, va), (kb, vb))| ka == kb && num(va).is_some() && num(va) == num(vb))
+    let num = |v: &Bson| {
+        v.as_i32()
+            .map(f64::from)
+            .or_else(|| v.as_i64().map(|n| n as f64))
+            .or_else(|| v.as_f64())
+    };
+    a.len() == b.len()
+        && a.iter()
+            .zip(b.iter())
+            .all(|((ka, va), (kb, vb))| ka == kb && num(va).is_some() && num(va) == num(vb))
 }
 
 /// What `up` has to do: indexes to create, indexes already there, or the first conflict.
@@ -82,19 +102,32 @@ struct Plan {
 }
 
 async fn plan(db: &Database) -> Result<Plan> {
-    let mut plan = Plan { create: Vec::new(), present: Vec::new() };
+    let mut plan = Plan {
+        create: Vec::new(),
+        present: Vec::new(),
+    };
     let mut cache: Vec<(&str, Vec<Document>)> = Vec::new();
     for (collection, fields) in INDEXES {
         if !cache.iter().any(|(c, _)| c == collection) {
             cache.push((collection, existing(db, collection).await?));
         }
-        let current = &cache.iter().find(|(c, _)| c == collection).expect("cached").1;
+        let current = &cache
+            .iter()
+            .find(|(c, _)| c == collection)
+            .expect("cached")
+            .1;
         let (keys, name) = spec(fields);
-        let by_name = current.iter().find(|i| i.get_str("name").ok() == Some(name.as_str()));
-        let by_keys = current.iter().find(|i| i.get_document("key").is_ok_and(|k| same_keys(k, &keys)));
+        let by_name = current
+            .iter()
+            .find(|i| i.get_str("name").ok() == Some(name.as_str()));
+        let by_keys = current
+            .iter()
+            .find(|i| i.get_document("key").is_ok_and(|k| same_keys(k, &keys)));
         match (by_name, by_keys) {
             (Some(i), _) => {
-                let plain = !i.get_bool("unique").unwrap_or(false) && !i.get_bool("sparse").unwrap_or(false) && !i.get_bool("partial").unwrap_or(false);
+                let plain = !i.get_bool("unique").unwrap_or(false)
+                    && !i.get_bool("sparse").unwrap_or(false)
+                    && !i.get_bool("partial").unwrap_or(false);
                 if !i.get_document("key").is_ok_and(|k| same_keys(k, &keys)) || !plain {
                     return Err(Error::migration(
                         "002_create_withdrawal_indexes",
@@ -128,7 +161,11 @@ impl Migration for CreateWithdrawalIndexes {
 
     async fn up(&self, ctx: &Context) -> Result<Outcome> {
         let plan = plan(ctx.db()).await?;
-        let created: Vec<String> = plan.create.iter().map(|(c, _, n)| format!("{c}.{n}")).collect();
+        let created: Vec<String> = plan
+            .create
+            .iter()
+            .map(|(c, _, n)| format!("{c}.{n}"))
+            .collect();
         if !ctx.dry_run() {
             for collection in ["withdrawals", "users"] {
                 let models: Vec<IndexModel> = plan
@@ -138,7 +175,11 @@ impl Migration for CreateWithdrawalIndexes {
                     .map(|(_, keys, name)| {
                         IndexModel::builder()
                             .keys(keys.clone())
-                            .options(mongodb::options::IndexOptions::builder().name(name.clone()).build())
+                            .options(
+                                mongodb::options::IndexOptions::builder()
+                                    .name(name.clone())
+                                    .build(),
+                            )
                             .build()
                     })
                     .collect();
@@ -151,9 +192,20 @@ impl Migration for CreateWithdrawalIndexes {
                 }
             }
         }
-        let verb = if ctx.dry_run() { "would create" } else { "created" };
-        let message = format!("{verb} {} index(es), {} already present", created.len(), plan.present.len());
-        Ok(Outcome::ok(message, doc! { "created": created, "present": plan.present }))
+        let verb = if ctx.dry_run() {
+            "would create"
+        } else {
+            "created"
+        };
+        let message = format!(
+            "{verb} {} index(es), {} already present",
+            created.len(),
+            plan.present.len()
+        );
+        Ok(Outcome::ok(
+            message,
+            doc! { "created": created, "present": plan.present },
+        ))
     }
 
     fn reversible(&self) -> bool {
@@ -162,14 +214,28 @@ impl Migration for CreateWithdrawalIndexes {
 
     async fn down(&self, ctx: &Context) -> Result<Outcome> {
         // Only what `up` created: an identical index that was there before stays.
-        let created: Vec<String> = match ctx.applied_result().and_then(|r| r.get_array("created").ok()) {
-            Some(list) => list.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
-            None => INDEXES.iter().map(|(c, f)| format!("{c}.{}", spec(f).1)).collect(),
+        let created: Vec<String> = match ctx
+            .applied_result()
+            .and_then(|r| r.get_array("created").ok())
+        {
+            Some(list) => list
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            None => INDEXES
+                .iter()
+                .map(|(c, f)| format!("{c}.{}", spec(f).1))
+                .collect(),
         };
         let mut dropped = Vec::new();
         for qualified in &created {
-            let Some((collection, name)) = qualified.split_once('.') else { continue };
-            let present = existing(ctx.db(), collection).await?.iter().any(|i| i.get_str("name").ok() == Some(name));
+            let Some((collection, name)) = qualified.split_once('.') else {
+                continue;
+            };
+            let present = existing(ctx.db(), collection)
+                .await?
+                .iter()
+                .any(|i| i.get_str("name").ok() == Some(name));
             if present {
                 ctx.db()
                     .collection::<Document>(collection)
@@ -179,18 +245,24 @@ impl Migration for CreateWithdrawalIndexes {
                 dropped.push(qualified.clone());
             }
         }
-        Ok(Outcome::ok(format!("dropped {} index(es)", dropped.len()), doc! { "dropped": dropped }))
+        Ok(Outcome::ok(
+            format!("dropped {} index(es)", dropped.len()),
+            doc! { "dropped": dropped },
+        ))
     }
 
     async fn verify(&self, ctx: &Context) -> Result<()> {
         for (collection, fields) in INDEXES {
             let (keys, name) = spec(fields);
-            let ok = existing(ctx.db(), collection)
-                .await?
-                .iter()
-                .any(|i| i.get_str("name").ok() == Some(name.as_str()) && i.get_document("key").is_ok_and(|k| same_keys(k, &keys)));
+            let ok = existing(ctx.db(), collection).await?.iter().any(|i| {
+                i.get_str("name").ok() == Some(name.as_str())
+                    && i.get_document("key").is_ok_and(|k| same_keys(k, &keys))
+            });
             if !ok {
-                return Err(Error::migration(ctx.name(), format!("index {collection}.{name} is missing after creation")));
+                return Err(Error::migration(
+                    ctx.name(),
+                    format!("index {collection}.{name} is missing after creation"),
+                ));
             }
         }
         Ok(())

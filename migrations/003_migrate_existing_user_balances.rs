@@ -54,14 +54,21 @@ pub fn transform(user: &Document) -> Change {
     if set.is_empty() {
         Change::Unchanged
     } else {
-        Change::Update { set, unset: Vec::new() }
+        Change::Update {
+            set,
+            unset: Vec::new(),
+        }
     }
 }
 
 fn backfill_spec() -> Backfill {
-    let mut spec = Backfill::new(USERS, untouched_by_application(), Transform::Client(Arc::new(transform)))
-        .fields(&[EARNINGS, BALANCE, "totalWithdrawn", "pendingWithdrawals"])
-        .with_before_images();
+    let mut spec = Backfill::new(
+        USERS,
+        untouched_by_application(),
+        Transform::Client(Arc::new(transform)),
+    )
+    .fields(&[EARNINGS, BALANCE, "totalWithdrawn", "pendingWithdrawals"])
+    .with_before_images();
     spec.label = "003 balances".into();
     spec
 }
@@ -97,7 +104,10 @@ impl Migration for MigrateExistingUserBalances {
 
     async fn down(&self, ctx: &Context) -> Result<Outcome> {
         let report = backfill::restore(ctx.db(), ctx.name(), ctx.stop()).await?;
-        let mut message = format!("restored the previous withdrawal fields of {} user(s)", report.restored + report.already);
+        let mut message = format!(
+            "restored the previous withdrawal fields of {} user(s)",
+            report.restored + report.already
+        );
         if report.conflicts > 0 {
             message.push_str(&format!(
                 "; {} user(s) changed since the migration and were left as they are (see rollbackResult.conflictSamples)",
@@ -107,21 +117,28 @@ impl Migration for MigrateExistingUserBalances {
         Ok(Outcome::ok(message, report.to_document()))
     }
 
-    /// No eligible user is left unmigrated: every user lacking a field, or still at the defaults
-    /// with earnings worth at least a cent of balance, must be one with invalid earnings.
+    /// No eligible user is left unmigrated: every candidate (balance not moved) lacking a field,
+    /// or still at the defaults with earnings worth at least a cent of balance, must be one with
+    /// invalid earnings. A user whose balance moved is never a candidate, even if it lacks a field.
     async fn verify(&self, ctx: &Context) -> Result<()> {
         let missing = doc! { "$or": FIELDS.iter().map(|f| doc! { *f: { "$exists": false } }).collect::<Vec<_>>() };
-        let owed = doc! { "$and": [untouched_by_application(), { EARNINGS: { "$gt": 0.01 } }] };
-        let filter = doc! { "$or": [missing, owed] };
+        let owed = doc! { EARNINGS: { "$gt": 0.01 } };
+        let filter = doc! { "$and": [untouched_by_application(), { "$or": [missing, owed] }] };
         let users = ctx.db().collection::<Document>(USERS);
         let mut cursor = users
             .find(filter)
-            .projection(doc! { EARNINGS: 1, BALANCE: 1, "totalWithdrawn": 1, "pendingWithdrawals": 1 })
+            .projection(
+                doc! { EARNINGS: 1, BALANCE: 1, "totalWithdrawn": 1, "pendingWithdrawals": 1 },
+            )
             .await
             .map_err(Error::db("checking that every eligible user was migrated"))?;
         let mut unmigrated = 0u64;
         let mut samples = Vec::new();
-        while let Some(user) = cursor.try_next().await.map_err(Error::db("checking that every eligible user was migrated"))? {
+        while let Some(user) = cursor
+            .try_next()
+            .await
+            .map_err(Error::db("checking that every eligible user was migrated"))?
+        {
             if !matches!(transform(&user), Change::Invalid(_) | Change::Unchanged) {
                 unmigrated += 1;
                 if samples.len() < 5 {
@@ -132,7 +149,10 @@ impl Migration for MigrateExistingUserBalances {
         if unmigrated > 0 {
             return Err(Error::migration(
                 ctx.name(),
-                format!("{unmigrated} eligible user(s) left unmigrated, e.g. {}", Bson::Array(samples).into_relaxed_extjson()),
+                format!(
+                    "{unmigrated} eligible user(s) left unmigrated, e.g. {}",
+                    Bson::Array(samples).into_relaxed_extjson()
+                ),
             ));
         }
         Ok(())

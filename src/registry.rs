@@ -27,7 +27,8 @@ impl std::fmt::Debug for Registered {
     }
 }
 
-mod generated {
+#[doc(hidden)]
+pub mod generated {
     include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
 }
 

@@ -1,0 +1,525 @@
+//! Backfill throughput, resume cost and memory of `migrate up`, side by side with its peers on the
+//! same server in one run, reported as ratios.
+//!
+//! `cargo bench --bench backfill -- --users N` (default 1,000,000). Under `cargo test` the same
+//! harness runs as a smoke test on a few thousand users, so it keeps compiling and working.
+//! Each variant starts from the same freshly loaded sample data. The table is printed and written
+//! to `target/bench-report.md`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{fresh_db, TestDb};
+use futures::TryStreamExt;
+use mongo_migrate::backfill::{self, Backfill, Change, Transform};
+use mongo_migrate::sample::{self, SampleSpec};
+use mongo_migrate::{Context, Migration, MigrationRunner, Outcome, Registered, RunOptions};
+use mongodb::bson::{doc, Bson, Decimal128, Document};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const USERS: &str = "users";
+const FIELDS: [&str; 3] = [
+    "withdrawableBalance",
+    "totalWithdrawn",
+    "pendingWithdrawals",
+];
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let bench = args.iter().any(|a| a == "--bench");
+    let users = args
+        .iter()
+        .position(|a| a == "--users")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if bench { 1_000_000 } else { 3_000 });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let failures = runtime.block_on(run(users, bench));
+    if !bench && failures > 0 {
+        // The smoke run checks that every variant produced 003's result, not the speed targets.
+        std::process::exit(1);
+    }
+}
+
+async fn load(tag: &str, users: u64) -> TestDb {
+    let t = fresh_db(tag).await;
+    let spec = SampleSpec {
+        users,
+        withdrawals: users / 10,
+        seed: 7,
+        invalid_earnings: 0,
+        mixed_ids: false,
+    };
+    sample::load(&t.db, &spec).await.expect("load sample data");
+    t
+}
+
+/// Sample data with 001 and 002 applied: the state 003 starts from.
+async fn before_003(tag: &str, users: u64) -> TestDb {
+    let t = load(tag, users).await;
+    let out = t.migrate(&["up", "--to", "2", "--no-progress"]);
+    assert!(out.status.success(), "{}", common::text(&out));
+    t
+}
+
+/// 003's candidates: withdrawal fields all missing or 0.
+fn candidates() -> Document {
+    doc! { "$and": FIELDS.iter().map(|f| doc! { "$or": [{ *f: { "$exists": false } }, { *f: 0 }] }).collect::<Vec<_>>() }
+}
+
+/// 003's result as one server-side pipeline: half to the cent, ties to even, Decimal128 kept.
+fn floor_pipeline() -> Vec<Document> {
+    let half = Decimal128::from_bytes(
+        mongo_migrate::money::encode_decimal128(&mongo_migrate::money::Dec {
+            negative: false,
+            coefficient: 5,
+            exponent: -1,
+        })
+        .unwrap()
+        .bytes(),
+    );
+    vec![doc! { "$set": { "withdrawableBalance": { "$switch": {
+        "branches": [
+            { "case": { "$eq": [{ "$type": "$affiliateEarnings" }, "decimal"] },
+              "then": { "$round": [{ "$multiply": ["$affiliateEarnings", half] }, 2] } },
+            { "case": { "$in": [{ "$type": "$affiliateEarnings" }, ["double", "int", "long"]] },
+              "then": { "$toDouble": { "$round": [{ "$multiply": [{ "$toDecimal": "$affiliateEarnings" }, half] }, 2] } } },
+        ],
+        "default": 0,
+    } } } }]
+}
+
+async fn timed<F: std::future::Future<Output = ()>>(f: F) -> Duration {
+    let started = Instant::now();
+    f.await;
+    started.elapsed()
+}
+
+/// The 003 transform, for the peers that compute in Rust like the naive and batched loops do.
+fn transform(user: &Document) -> Option<Document> {
+    match mongo_migrate::registry::generated::m003::transform(user) {
+        Change::Update { set, .. } => Some(set),
+        _ => None,
+    }
+}
+
+async fn naive_peer(t: &TestDb) {
+    let users = t.db.collection::<Document>(USERS);
+    let mut cursor = users.find(candidates()).await.unwrap();
+    while let Some(user) = cursor.try_next().await.unwrap() {
+        if let Some(set) = transform(&user) {
+            users
+                .update_one(
+                    doc! { "_id": user.get("_id").unwrap().clone() },
+                    doc! { "$set": set },
+                )
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn batched_peer(t: &TestDb) {
+    let users = t.db.collection::<Document>(USERS);
+    let mut last: Option<Bson> = None;
+    loop {
+        let filter = match &last {
+            Some(id) => doc! { "$and": [candidates(), { "_id": { "$gt": id.clone() } }] },
+            None => candidates(),
+        };
+        let batch: Vec<Document> = users
+            .find(filter)
+            .sort(doc! { "_id": 1 })
+            .limit(1000)
+            .batch_size(1000)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        let Some(end) = batch.last().and_then(|d| d.get("_id")).cloned() else {
+            break;
+        };
+        let updates: Vec<Document> = batch
+            .iter()
+            .filter_map(|u| transform(u).map(|set| doc! { "q": { "_id": u.get("_id").unwrap().clone() }, "u": { "$set": set } }))
+            .collect();
+        if !updates.is_empty() {
+            t.db.run_command(doc! { "update": USERS, "updates": updates, "ordered": false })
+                .await
+                .unwrap();
+        }
+        last = Some(end);
+    }
+}
+
+/// 003's transform driven by the pipeline from Rust, per document (the client-side path).
+struct ClientPath;
+
+#[async_trait::async_trait]
+impl Migration for ClientPath {
+    fn description(&self) -> &'static str {
+        "003 per document in Rust"
+    }
+    async fn up(&self, ctx: &Context) -> mongo_migrate::Result<Outcome> {
+        let spec = Backfill::new(
+            USERS,
+            candidates(),
+            Transform::Client(Arc::new(
+                mongo_migrate::registry::generated::m003::transform,
+            )),
+        )
+        .fields(&[
+            "affiliateEarnings",
+            "withdrawableBalance",
+            "totalWithdrawn",
+            "pendingWithdrawals",
+        ])
+        .with_before_images();
+        let stats = backfill::run(ctx, &spec).await?;
+        Ok(Outcome::ok("client path", stats.to_document()))
+    }
+}
+
+/// Runs the `migrate` binary to completion; returns (elapsed, peak RSS in KiB).
+// The child is reaped by `wait4`, which std's `Child` does not know about.
+#[allow(clippy::zombie_processes)]
+fn migrate_measured(t: &TestDb, args: &[&str]) -> (Duration, u64) {
+    let started = Instant::now();
+    let child = t
+        .migrate_cmd(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, rss) = wait_with_rusage(child.id() as i32);
+    assert_eq!(code, 0, "migrate {args:?} failed");
+    (started.elapsed(), rss)
+}
+
+/// Waits for a child and returns its exit code and peak resident set size (KiB).
+fn wait_with_rusage(pid: i32) -> (i32, u64) {
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4");
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    (code, usage.ru_maxrss as u64)
+}
+
+/// Every user, streamed and compared with another database's, sorted by `_id`.
+async fn same_users(a: &TestDb, b: &TestDb) -> bool {
+    let open = |t: &TestDb| {
+        let coll = t.db.collection::<Document>(USERS);
+        async move {
+            coll.find(doc! {}).sort(doc! { "_id": 1 }).projection(doc! { "_id": 1, "affiliateEarnings": 1, "withdrawableBalance": 1, "totalWithdrawn": 1, "pendingWithdrawals": 1 }).await.unwrap()
+        }
+    };
+    let (mut x, mut y) = (open(a).await, open(b).await);
+    loop {
+        match (x.try_next().await.unwrap(), y.try_next().await.unwrap()) {
+            (None, None) => return true,
+            (Some(p), Some(q)) if p == q => continue,
+            (p, q) => {
+                eprintln!("first difference: {p:?} vs {q:?}");
+                return false;
+            }
+        }
+    }
+}
+
+struct Row {
+    name: &'static str,
+    time: Duration,
+    users: u64,
+}
+
+async fn run(users: u64, bench: bool) -> usize {
+    let mut rows: Vec<Row> = Vec::new();
+    let mut failures = 0;
+    eprintln!("bench: {users} users per variant");
+
+    // (1) floor: one server-side pipeline updateMany.
+    let floor = before_003("floor", users).await;
+    let time = timed(async {
+        floor.db.run_command(doc! { "update": USERS, "updates": [{ "q": candidates(), "u": floor_pipeline(), "multi": true }] }).await.unwrap();
+    })
+    .await;
+    rows.push(Row {
+        name: "(1) floor: one pipeline updateMany",
+        time,
+        users,
+    });
+
+    // (1b) whole-run floor: 001, 002, 003 with the plainest server-side commands.
+    let whole_floor = load("wholefloor", users).await;
+    let time = timed(async {
+        let coll = whole_floor.db.collection::<Document>(USERS);
+        for f in FIELDS {
+            coll.update_many(doc! { f: { "$exists": false } }, doc! { "$set": { f: 0 } }).await.unwrap();
+        }
+        for (collection, fields) in mongo_migrate::registry::generated::m002::INDEXES.iter().fold(Vec::<(&str, Vec<&[&str]>)>::new(), |mut acc, (c, f)| {
+            match acc.iter_mut().find(|(x, _)| x == c) {
+                Some((_, list)) => list.push(f),
+                None => acc.push((c, vec![*f])),
+            }
+            acc
+        }) {
+            let models: Vec<mongodb::IndexModel> = fields
+                .iter()
+                .map(|f| {
+                    let (keys, name) = mongo_migrate::registry::generated::m002::spec(f);
+                    mongodb::IndexModel::builder().keys(keys).options(mongodb::options::IndexOptions::builder().name(name).build()).build()
+                })
+                .collect();
+            whole_floor.db.collection::<Document>(collection).create_indexes(models).await.unwrap();
+        }
+        whole_floor.db.run_command(doc! { "update": USERS, "updates": [{ "q": candidates(), "u": floor_pipeline(), "multi": true }] }).await.unwrap();
+    })
+    .await;
+    rows.push(Row {
+        name: "(1b) whole-run floor: 001+002+003 plain",
+        time,
+        users,
+    });
+
+    // (2) naive peer: one cursor, one updateOne per document.
+    let naive = before_003("naive", users).await;
+    let time = timed(naive_peer(&naive)).await;
+    rows.push(Row {
+        name: "(2) naive peer: cursor + updateOne each",
+        time,
+        users,
+    });
+
+    // (3) batched peer: bulk update per batch, no checkpoints or guards.
+    let batched = before_003("batched", users).await;
+    let time = timed(batched_peer(&batched)).await;
+    rows.push(Row {
+        name: "(3) batched peer: bulk update per batch",
+        time,
+        users,
+    });
+
+    // (4) 003 via `migrate up`, default flags, process start to exit.
+    let migrate = before_003("migrate", users).await;
+    let (time, rss_n) = migrate_measured(&migrate, &["up"]);
+    rows.push(Row {
+        name: "(4) migrate up (003)",
+        time,
+        users,
+    });
+
+    // (4b) the whole `migrate up`: 001 + 002 + 003.
+    let whole = load("whole", users).await;
+    let (time, _) = migrate_measured(&whole, &["up"]);
+    rows.push(Row {
+        name: "(4b) migrate up (001+002+003)",
+        time,
+        users,
+    });
+
+    // (5) the pipeline with 003's per-document Rust transform.
+    let client = before_003("client", users).await;
+    let registered = Registered {
+        number: 3,
+        name: "003_migrate_existing_user_balances",
+        checksum: "bench",
+        migration: Arc::new(ClientPath),
+    };
+    let time = timed(async {
+        MigrationRunner::with_migrations(client.db.clone(), vec![registered])
+            .with_options(RunOptions {
+                progress: false,
+                ..RunOptions::default()
+            })
+            .run_pending()
+            .await
+            .unwrap();
+    })
+    .await;
+    rows.push(Row {
+        name: "(5) pipeline, Rust transform per doc",
+        time,
+        users,
+    });
+
+    // (6) resume: SIGKILL at about half-way, then `migrate up --resume`.
+    let resumed = before_003("resume", users).await;
+    let started = Instant::now();
+    let mut child = resumed
+        .migrate_cmd(&["up"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    loop {
+        let record = resumed.record("003_migrate_existing_user_balances").await;
+        let scanned = record
+            .as_ref()
+            .and_then(|r| r.get_document("checkpoint").ok())
+            .and_then(|c| c.get_i64("scanned").ok())
+            .unwrap_or(0);
+        if scanned as u64 >= users / 2 || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed_mid_run = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    let (_, _) = migrate_measured(&resumed, &["up", "--resume"]);
+    let time = started.elapsed();
+    rows.push(Row {
+        name: "(6) 003 killed at half + --resume",
+        time,
+        users,
+    });
+
+    // (7) memory: peak RSS of (4) at 4N.
+    let big = before_003("memory4n", users * 4).await;
+    let (time4, rss_4n) = migrate_measured(&big, &["up"]);
+    rows.push(Row {
+        name: "(7) migrate up (003) at 4N",
+        time: time4,
+        users: users * 4,
+    });
+
+    // Every variant must have produced 003's result.
+    for (name, other) in [
+        ("floor", &floor),
+        ("naive", &naive),
+        ("batched", &batched),
+        ("client", &client),
+        ("resume", &resumed),
+    ] {
+        if !same_users(&migrate, other).await {
+            eprintln!("MISMATCH: {name} differs from migrate up");
+            failures += 1;
+        }
+    }
+    if !same_users(&whole, &whole_floor).await {
+        eprintln!("MISMATCH: whole-run floor differs from the whole migrate up");
+        failures += 1;
+    }
+    if !killed_mid_run {
+        eprintln!("note: the resume run finished before it could be killed (too few users)");
+    }
+
+    let rate = |r: &Row| r.users as f64 / r.time.as_secs_f64().max(1e-9);
+    let get = |prefix: &str| {
+        rows.iter()
+            .find(|r| r.name.starts_with(prefix))
+            .map(rate)
+            .unwrap()
+    };
+    let t_of = |prefix: &str| {
+        rows.iter()
+            .find(|r| r.name.starts_with(prefix))
+            .map(|r| r.time.as_secs_f64())
+            .unwrap()
+    };
+    let mut report = String::new();
+    let _ = writeln!(
+        report,
+        "# Backfill benchmark: {users} users, one run, same server\n"
+    );
+    let _ = writeln!(report, "| variant | seconds | docs/s |\n|---|---:|---:|");
+    for r in &rows {
+        let _ = writeln!(
+            report,
+            "| {} | {:.2} | {:.0} |",
+            r.name,
+            r.time.as_secs_f64(),
+            rate(r)
+        );
+    }
+    let checks = [
+        (
+            "(4) / (1) throughput",
+            get("(4) ") / get("(1) "),
+            ">= 0.85",
+            get("(4) ") / get("(1) ") >= 0.85,
+        ),
+        (
+            "(4b) / (1b) throughput",
+            get("(4b)") / get("(1b)"),
+            ">= 0.85",
+            get("(4b)") / get("(1b)") >= 0.85,
+        ),
+        (
+            "(4) / (2) throughput",
+            get("(4) ") / get("(2) "),
+            ">= 15",
+            get("(4) ") / get("(2) ") >= 15.0,
+        ),
+        (
+            "(4) / (3) throughput",
+            get("(4) ") / get("(3) "),
+            ">= 2",
+            get("(4) ") / get("(3) ") >= 2.0,
+        ),
+        (
+            "(5) / (3) throughput",
+            get("(5) ") / get("(3) "),
+            ">= 1",
+            get("(5) ") / get("(3) ") >= 1.0,
+        ),
+        (
+            "(6) / (4) time",
+            t_of("(6) ") / t_of("(4) "),
+            "<= 1.1",
+            t_of("(6) ") / t_of("(4) ") <= 1.1,
+        ),
+        (
+            "(7) peak RSS 4N / N",
+            rss_4n as f64 / rss_n.max(1) as f64,
+            "<= 1.2",
+            (rss_4n as f64) <= 1.2 * rss_n as f64,
+        ),
+        (
+            "(7) peak RSS at 4N, MiB",
+            rss_4n as f64 / 1024.0,
+            "< 200",
+            rss_4n < 200 * 1024,
+        ),
+    ];
+    let _ = writeln!(
+        report,
+        "\n| ratio | measured | target | met |\n|---|---:|---|---|"
+    );
+    for (name, value, target, met) in checks {
+        let _ = writeln!(
+            report,
+            "| {name} | {value:.2} | {target} | {} |",
+            if met { "yes" } else { "NO" }
+        );
+    }
+    let _ = writeln!(
+        report,
+        "\npeak RSS: {:.1} MiB at N, {:.1} MiB at 4N",
+        rss_n as f64 / 1024.0,
+        rss_4n as f64 / 1024.0
+    );
+    let _ = writeln!(
+        report,
+        "results identical across variants: {}",
+        if failures == 0 { "yes" } else { "NO" }
+    );
+    println!("{report}");
+    if bench {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-report.md");
+        let _ = std::fs::write(&path, &report);
+        println!("written to {}", path.display());
+    }
+    failures
+}

@@ -7,10 +7,10 @@
 //! application's data is never overwritten, and each write is guarded on the fields it read.
 //! Before-images of every changed user let `down` restore the previous fields exactly.
 
-use crate::backfill::{self, Backfill, Change, Transform};
+use crate::backfill::{self, Backfill, Change, FastPath, Transform};
 use crate::error::{Error, Result};
 use crate::migration::{Context, Migration, Outcome};
-use crate::money::{classify, Earnings};
+use crate::money::{classify, encode_decimal128, Dec, Earnings};
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
@@ -61,14 +61,61 @@ pub fn transform(user: &Document) -> Change {
     }
 }
 
+/// Whether the server pipeline computes exactly what [`transform`] computes for this user.
+///
+/// The server converts a double to decimal with 15 significant digits; that equals the shortest
+/// round-trip decimal the Rust rule uses exactly when those 15 digits convert back to the same
+/// double. Every other input (integers, Decimal128, none) converts exactly.
+pub fn exact_on_server(user: &Document) -> bool {
+    match user.get(EARNINGS) {
+        Some(Bson::Double(x)) => x.is_finite() && format!("{x:.14e}").parse::<f64>() == Ok(*x),
+        _ => true,
+    }
+}
+
+/// The server-side form of [`transform`], for the users [`exact_on_server`] accepts.
+pub fn fast_path() -> FastPath {
+    let half = Bson::Decimal128(encode_decimal128(&Dec { negative: false, coefficient: 5, exponent: -1 }).expect("0.5 encodes"));
+    let earnings = format!("${EARNINGS}");
+    let halved = |value: Bson| doc! { "$round": [{ "$multiply": [value, half.clone()] }, 2] };
+    let positive = |types: Bson| doc! { "$and": [{ "$in": [{ "$type": &earnings }, types] }, { "$gt": [&earnings, 0] }] };
+    let balance = doc! { "$switch": {
+        "branches": [
+            { "case": positive(Bson::Array(vec!["decimal".into()])), "then": halved(Bson::String(earnings.clone())) },
+            {
+                "case": positive(Bson::Array(vec!["double".into(), "int".into(), "long".into()])),
+                "then": { "$toDouble": halved(Bson::Document(doc! { "$toDecimal": &earnings })) },
+            },
+        ],
+        "default": { "$ifNull": [format!("${BALANCE}"), 0] },
+    } };
+    FastPath {
+        // Still valid when written (the transform validated it when read), and still exact.
+        guard: doc! {
+            "$or": [
+                { EARNINGS: { "$exists": false } },
+                { EARNINGS: Bson::Null },
+                { EARNINGS: { "$type": ["int", "long", "double", "decimal"], "$gte": 0, "$lte": 1e15 } },
+            ],
+            "$expr": { "$or": [
+                { "$ne": [{ "$type": &earnings }, "double"] },
+                { "$eq": [{ "$toDouble": { "$toDecimal": &earnings } }, &earnings] },
+            ] },
+        },
+        pipeline: vec![doc! { "$set": {
+            BALANCE: balance,
+            "totalWithdrawn": { "$ifNull": ["$totalWithdrawn", 0] },
+            "pendingWithdrawals": { "$ifNull": ["$pendingWithdrawals", 0] },
+        } }],
+        exact_for: Arc::new(exact_on_server),
+    }
+}
+
 fn backfill_spec() -> Backfill {
-    let mut spec = Backfill::new(
-        USERS,
-        untouched_by_application(),
-        Transform::Client(Arc::new(transform)),
-    )
-    .fields(&[EARNINGS, BALANCE, "totalWithdrawn", "pendingWithdrawals"])
-    .with_before_images();
+    let mut spec = Backfill::new(USERS, untouched_by_application(), Transform::Client(Arc::new(transform)))
+        .fields(&[EARNINGS, BALANCE, "totalWithdrawn", "pendingWithdrawals"])
+        .with_before_images()
+        .with_fast_path(fast_path());
     spec.label = "003 balances".into();
     spec
 }

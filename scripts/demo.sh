@@ -14,7 +14,7 @@ if [ -z "${MONGODB_URI:-}" ]; then
   export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
   DATA=target/demo-data
   rm -rf "$DATA" && mkdir -p "$DATA"
-  secantusd-rs --host 127.0.0.1 --port 0 --storage-path "$DATA" --cache-size 256M > target/demo-server.log 2>&1 &
+  secantusd-rs --host 127.0.0.1 --port 0 --storage-path "$DATA" --cache-size 1G > target/demo-server.log 2>&1 &
   SERVER=$!
   trap 'kill $SERVER 2>/dev/null || true' EXIT
   for _ in $(seq 1 100); do

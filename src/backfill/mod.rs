@@ -21,5 +21,7 @@ pub use before_image::{restore, RestoreReport, BEFORE_IMAGES};
 pub use checkpoint::{Stats, INVALID_SAMPLES};
 pub use pipeline::{remaining, run};
 pub use progress::PROGRESS_TARGET;
-pub use spec::{Backfill, Change, DocTransform, ServerUpdate, ServerUpdateKind, Transform};
+pub use spec::{
+    Backfill, Change, DocTransform, FastPath, ServerUpdate, ServerUpdateKind, Transform,
+};
 pub use write::and;

@@ -4,7 +4,7 @@
 
 use super::checkpoint::{from_checkpoint, to_checkpoint, Stats};
 use super::progress::Progress;
-use super::retry::with_retry;
+use super::retry::{is_transient, with_retry};
 use super::scan::Position;
 use super::spec::{Backfill, Transform};
 use super::throttle::Throttle;
@@ -14,7 +14,8 @@ use crate::migration::Context;
 use futures::stream::FuturesOrdered;
 use futures::{StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, Document};
-use tracing::{debug, info};
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
 
 /// One scanned batch.
 struct Batch {
@@ -45,8 +46,13 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
         Transform::Server(_) => Vec::new(),
         Transform::Client(_) => spec.fields.clone(),
     };
-    let projection = projection(&fields);
-    let batch_size = options.batch_size.max(1);
+    let mut scanner = Scanner {
+        coll: coll.clone(),
+        candidates: spec.filter.clone(),
+        projection: projection(&fields),
+        batch_size: options.batch_size.max(1),
+        cursor: None,
+    };
     let mut inflight = FuturesOrdered::new();
     let mut failure: Option<Error> = None;
 
@@ -63,15 +69,14 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
                     _ = ctx.stop().stopped() => break,
                 }
             }
-            let batch =
-                match next_batch(ctx, &coll, spec, &projection, &mut position, batch_size).await {
-                    Ok(Some(batch)) => batch,
-                    Ok(None) => break,
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
-                };
+            let batch = match scanner.next(ctx, &mut position).await {
+                Ok(Some(batch)) => batch,
+                Ok(None) => break,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
             throttle.dispatched(batch.docs.len() as u64);
             inflight.push_back(spawn_batch(ctx, spec, batch));
         }
@@ -115,44 +120,92 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
     Ok(stats)
 }
 
-/// Reads the next batch of candidates, moving through `_id` type brackets as each runs out.
-async fn next_batch(
-    ctx: &Context,
-    coll: &mongodb::Collection<Document>,
-    spec: &Backfill,
-    projection: &Document,
-    position: &mut Position,
+/// Reads candidates in `_id` order through a cursor that is reopened from the current position
+/// every few minutes and after any error, so no cursor outlives the server's idle (10 min) or
+/// session (30 min) timeouts, and a dropped connection costs one re-query. One cursor per stretch
+/// rather than one query per batch: some servers evaluate an open-ended `_id > last` range in
+/// full before applying the limit, which would make a query per batch quadratic.
+struct Scanner {
+    coll: mongodb::Collection<Document>,
+    candidates: Document,
+    projection: Document,
     batch_size: usize,
-) -> Result<Option<Batch>> {
-    while !position.done() {
-        let filter = position.filter(&spec.filter);
-        let docs: Vec<Document> = with_retry(
-            &format!("scanning {}", spec.collection),
-            ctx.stop(),
-            || async {
-                coll.find(filter.clone())
-                    .sort(doc! { "_id": 1 })
-                    .projection(projection.clone())
-                    .limit(batch_size as i64)
-                    .batch_size(batch_size.min(u32::MAX as usize) as u32)
-                    .await?
-                    .try_collect()
-                    .await
-            },
-        )
-        .await?;
-        match docs.last().and_then(|d| d.get("_id")).cloned() {
-            Some(last) => {
-                position.advance_to(last);
-                return Ok(Some(Batch {
-                    docs,
-                    end: position.clone(),
-                }));
+    cursor: Option<(mongodb::Cursor<Document>, Instant)>,
+}
+
+/// A cursor is reopened after this long, well inside the server's timeouts.
+const CURSOR_LIFETIME: Duration = Duration::from_secs(4 * 60);
+
+impl Scanner {
+    /// The next batch after `position`, moving through `_id` type brackets as each runs out.
+    async fn next(&mut self, ctx: &Context, position: &mut Position) -> Result<Option<Batch>> {
+        let mut failures = 0u32;
+        while !position.done() {
+            if self
+                .cursor
+                .as_ref()
+                .is_none_or(|(_, opened)| opened.elapsed() > CURSOR_LIFETIME)
+            {
+                let filter = position.filter(&self.candidates);
+                let (coll, projection, batch) = (
+                    &self.coll,
+                    &self.projection,
+                    self.batch_size.min(u32::MAX as usize) as u32,
+                );
+                let cursor = with_retry(&format!("scanning {}", coll.name()), ctx.stop(), || {
+                    coll.find(filter.clone())
+                        .sort(doc! { "_id": 1 })
+                        .projection(projection.clone())
+                        .batch_size(batch)
+                })
+                .await?;
+                self.cursor = Some((cursor, Instant::now()));
             }
-            None => position.next_bracket(),
+            let (cursor, _) = self.cursor.as_mut().expect("opened above");
+            let mut docs = Vec::with_capacity(self.batch_size);
+            let mut exhausted = false;
+            while docs.len() < self.batch_size {
+                match cursor.try_next().await {
+                    Ok(Some(doc)) => docs.push(doc),
+                    Ok(None) => {
+                        exhausted = true;
+                        break;
+                    }
+                    Err(e) => {
+                        // Reopen from the last document handed out; what was read stays valid.
+                        self.cursor = None;
+                        failures += 1;
+                        if !is_transient(&e) && !is_cursor_gone(&e) || failures > 6 {
+                            return Err(Error::db(format!("scanning {}", self.coll.name()))(e));
+                        }
+                        warn!(error = %e, "scan cursor failed; reopening from the last position");
+                        tokio::time::sleep(Duration::from_millis(250 * u64::from(failures))).await;
+                        break;
+                    }
+                }
+            }
+            if exhausted {
+                self.cursor = None;
+            }
+            match docs.last().and_then(|d| d.get("_id")).cloned() {
+                Some(last) => {
+                    position.advance_to(last);
+                    return Ok(Some(Batch {
+                        docs,
+                        end: position.clone(),
+                    }));
+                }
+                None if exhausted => position.next_bracket(),
+                None => {}
+            }
         }
+        Ok(None)
     }
-    Ok(None)
+}
+
+/// CursorNotFound / CursorKilled: the server dropped the cursor (idle timeout, restart).
+fn is_cursor_gone(e: &mongodb::error::Error) -> bool {
+    matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if matches!(c.code, 43 | 237))
 }
 
 type BatchResult = Result<(Position, Stats)>;

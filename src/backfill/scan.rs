@@ -95,12 +95,14 @@ impl Position {
         self.bracket >= BRACKETS.len()
     }
     /// The filter for the next batch: the candidates after this position in its bracket.
+    /// The `_id` condition leads: some planners pick the first indexed field they see, and a
+    /// candidate field such as `balance: 0` matches nearly everything.
     pub fn filter(&self, candidates: &Document) -> Document {
         let ids = BRACKETS[self.bracket].id_filter(self.last.as_ref());
         if candidates.is_empty() {
             ids
         } else {
-            doc! { "$and": [candidates.clone(), ids] }
+            doc! { "$and": [ids, candidates.clone()] }
         }
     }
     /// Moves past a batch whose last `_id` is `last`.

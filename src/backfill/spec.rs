@@ -58,6 +58,23 @@ pub enum Change {
 /// Per-document transform (runs on rayon across a batch).
 pub type DocTransform = Arc<dyn Fn(&Document) -> Change + Send + Sync>;
 
+/// A server-side equivalent of a per-document transform, for the documents it computes exactly.
+///
+/// The Rust transform still decides every document (invalid, unchanged, or the exact values to
+/// set, which the before-images record); the documents for which `exact_for` holds are then
+/// written by one pipeline update over their `_id`s instead of one statement each, which is
+/// several times cheaper for the server. The update runs only on documents still matching the
+/// backfill's filter and `guard`, so a document changed in between is never overwritten.
+#[derive(Clone)]
+pub struct FastPath {
+    /// Extra conditions the documents must still meet when written (e.g. valid input types).
+    pub guard: Document,
+    /// The pipeline update computing exactly what the transform computes.
+    pub pipeline: Vec<Document>,
+    /// Whether the pipeline's result equals the transform's for this document as read.
+    pub exact_for: Arc<dyn Fn(&Document) -> bool + Send + Sync>,
+}
+
 /// Where the change is computed.
 #[derive(Clone)]
 pub enum Transform {
@@ -84,6 +101,8 @@ pub struct Backfill {
     pub checkpoints: bool,
     /// Label of the progress bar and log lines.
     pub label: String,
+    /// Server-side equivalent of a client transform, for speed.
+    pub fast_path: Option<FastPath>,
 }
 
 impl Backfill {
@@ -98,6 +117,7 @@ impl Backfill {
             transform,
             before_images: false,
             checkpoints: true,
+            fast_path: None,
         }
     }
     /// Sets the fields the transform reads.
@@ -108,6 +128,11 @@ impl Backfill {
     /// Records before-images for exact rollback.
     pub fn with_before_images(mut self) -> Self {
         self.before_images = true;
+        self
+    }
+    /// Writes the documents `fast_path` computes exactly with one server-side update per batch.
+    pub fn with_fast_path(mut self, fast_path: FastPath) -> Self {
+        self.fast_path = Some(fast_path);
         self
     }
     /// Disables checkpoints.

@@ -126,7 +126,7 @@ pub async fn server_batch(
     let statements = updates
         .iter()
         .map(|u| {
-            let q = and(vec![spec.filter.clone(), u.filter.clone(), range.clone()]);
+            let q = and(vec![range.clone(), spec.filter.clone(), u.filter.clone()]);
             match &u.update {
                 ServerUpdateKind::Operators(ops) => {
                     doc! { "q": q, "u": ops.clone(), "multi": true }
@@ -240,8 +240,21 @@ fn before_image(p: &Planned) -> Document {
             None => absent.push(Bson::String(key.clone())),
         }
     }
-    let removed: Vec<Bson> = p.unset.iter().map(|k| Bson::String(k.clone())).collect();
-    doc! { "_id": p.id.clone(), "before": before, "absent": absent, "after": p.set.clone(), "removed": removed }
+    // Empty lists are left out: most entries have neither, and chunks stay small.
+    let mut entry = doc! { "_id": p.id.clone(), "before": before, "after": p.set.clone() };
+    if !absent.is_empty() {
+        entry.insert("absent", absent);
+    }
+    if !p.unset.is_empty() {
+        entry.insert(
+            "removed",
+            p.unset
+                .iter()
+                .map(|k| Bson::String(k.clone()))
+                .collect::<Vec<_>>(),
+        );
+    }
+    entry
 }
 
 fn statement(p: &Planned) -> Document {
@@ -337,7 +350,7 @@ pub async fn client_batch(
             })
             .await?;
         }
-        let statements = planned.iter().map(statement).collect();
+        let statements = statements(spec, &planned, round == 0);
         let result = update_command(db, &spec.collection, statements, stop).await?;
         stats.modified += result.modified;
         if result.matched == planned.len() as u64 {
@@ -346,7 +359,7 @@ pub async fn client_batch(
         // Some guards failed: someone wrote those documents since we read them. Re-read the
         // ones still eligible and recompute; the ones written by us now come back unchanged.
         let ids: Vec<Bson> = planned.iter().map(|p| p.id.clone()).collect();
-        let filter = and(vec![spec.filter.clone(), doc! { "_id": { "$in": ids } }]);
+        let filter = and(vec![doc! { "_id": { "$in": ids } }, spec.filter.clone()]);
         let projection = projection(&spec.fields);
         let reread: Vec<Document> = with_retry("re-reading changed documents", stop, || async {
             coll.find(filter.clone())
@@ -357,17 +370,63 @@ pub async fn client_batch(
         })
         .await?;
         let gone = planned.len() as u64 - result.matched;
+        // Those already holding exactly what we would write were written by an earlier run of
+        // this migration, killed with batches in flight that the server still completed after
+        // this run read them: this migration's change, which no run has counted.
+        let holding_ours = doc! { "$or": planned.iter().map(written).collect::<Vec<_>>() };
+        let ours = with_retry("checking documents written meanwhile", stop, || {
+            coll.count_documents(holding_ours.clone())
+        })
+        .await?;
+        let written_before = ours.saturating_sub(result.matched).min(gone);
+        stats.modified += written_before;
         let mut again = Stats::default();
         planned = plan(transform, &spec.fields, reread, &mut again).await;
         // Written by us in this round: counted in `modified`, not again.
         let still_pending = planned.len() as u64;
         // Those no longer eligible (or now invalid) were changed by the application: left alone.
-        stats.conflicts += gone.saturating_sub(still_pending);
+        stats.conflicts += gone.saturating_sub(still_pending + written_before);
     }
     stats.unchanged = stats
         .scanned
         .saturating_sub(stats.modified + stats.invalid + stats.conflicts);
     Ok(stats)
+}
+
+/// `{_id, field: {$eq: value}, removed: {$exists: false}}`: the document as `p` would leave it.
+fn written(p: &Planned) -> Bson {
+    let mut q = doc! { "_id": p.id.clone() };
+    for (k, v) in &p.set {
+        q.insert(k.clone(), doc! { "$eq": v.clone() });
+    }
+    for k in &p.unset {
+        q.insert(k.clone(), doc! { "$exists": false });
+    }
+    Bson::Document(q)
+}
+
+/// The batch's statements: one server-side update for the documents the fast path computes
+/// exactly (first round only), one guarded statement per other document.
+fn statements(spec: &Backfill, planned: &[Planned], use_fast_path: bool) -> Vec<Document> {
+    let mut out = Vec::new();
+    let mut fast_ids = Vec::new();
+    for p in planned {
+        match &spec.fast_path {
+            Some(fast) if use_fast_path && (fast.exact_for)(&p.before) => {
+                fast_ids.push(p.id.clone())
+            }
+            _ => out.push(statement(p)),
+        }
+    }
+    if let (Some(fast), false) = (&spec.fast_path, fast_ids.is_empty()) {
+        let q = and(vec![
+            doc! { "_id": { "$in": fast_ids } },
+            spec.filter.clone(),
+            fast.guard.clone(),
+        ]);
+        out.push(doc! { "q": q, "u": fast.pipeline.clone(), "multi": true });
+    }
+    out
 }
 
 /// `{_id: 1, f: 1, ...}`.

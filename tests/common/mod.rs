@@ -67,6 +67,9 @@ fn start_secantus() -> Server {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let dir = tempfile::tempdir().expect("temp dir for the test server");
+        // A small cache makes one large transaction (an index build over ~100k documents) roll
+        // back and retry forever; SECANTUS_CACHE_SIZE raises it for the benchmarks.
+        let cache = std::env::var("SECANTUS_CACHE_SIZE").unwrap_or_else(|_| "1G".into());
         let mut cmd = Command::new(secantus_binary());
         cmd.args([
             "--host",
@@ -74,7 +77,7 @@ fn start_secantus() -> Server {
             "--port",
             "0",
             "--cache-size",
-            "256M",
+            &cache,
             "--log-level",
             "WARNING",
             "--storage-path",

@@ -748,3 +748,75 @@ async fn dry_run_writes_nothing_and_reports_counts_and_samples() {
             .unwrap();
     assert!(chunks.is_empty());
 }
+
+/// Amounts of every kind and shape: whole cents, sub-cent fractions, ties, long fractions that
+/// do not survive 15 digits, integers of both widths, Decimal128 at several exponents.
+fn many_amounts(n: u64) -> Vec<Bson> {
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    (0..n)
+        .map(|i| {
+            let r = next();
+            match i % 8 {
+                0 | 1 => Bson::Double((r % 10_000_000) as f64 / 100.0),
+                2 => Bson::Double((r % 100_000_000) as f64 / 1000.0),
+                3 => Bson::Double((r % 1_000_000) as f64 / 7.0),
+                4 => Bson::Int32((r % 1_000_000) as i32),
+                5 => Bson::Int64((r % 100_000_000_000) as i64),
+                6 => dec(&format!("{}.{:02}", r % 1_000_000, r % 100)),
+                _ => dec(&format!("{}.{:05}", r % 10_000, r % 100_000)),
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn server_fast_path_agrees_with_the_exact_rule_on_thousands_of_amounts() {
+    let t = fresh_db("fastpath").await;
+    let amounts = many_amounts(4000);
+    let users: Vec<Document> = amounts
+        .iter()
+        .enumerate()
+        .map(|(i, e)| doc! { "_id": i as i64, "affiliateEarnings": e.clone() })
+        .collect();
+    let on_server = users
+        .iter()
+        .filter(|u| mongo_migrate::registry::generated::m003::exact_on_server(u))
+        .count();
+    assert!(
+        on_server > 3000,
+        "most amounts take the server path ({on_server})"
+    );
+    assert!(
+        on_server < 4000,
+        "some take the per-document path ({on_server})"
+    );
+    insert_users(&t, users).await;
+    let options = RunOptions {
+        batch_size: 500,
+        ..options()
+    };
+    only_003(&t, options).run_pending().await.unwrap();
+    let stored: Vec<Document> = t.all("users").await;
+    for (user, earnings) in stored.iter().zip(&amounts) {
+        let Earnings::Half(expected) = classify(Some(earnings)) else {
+            panic!("{earnings} is a valid amount")
+        };
+        let actual = user.get("withdrawableBalance").unwrap();
+        // Compare the raw BSON: type and representation, not just the number.
+        assert_eq!(
+            bson_bytes(actual),
+            bson_bytes(&expected),
+            "{earnings:?}: stored {actual:?}, rule says {expected:?}"
+        );
+    }
+}
+
+fn bson_bytes(v: &Bson) -> Vec<u8> {
+    mongodb::bson::to_vec(&doc! { "v": v.clone() }).unwrap()
+}

@@ -476,9 +476,9 @@ fn print_status(status: &[MigrationStatus], json: bool) {
     }
 }
 
-/// `modified=10 invalid=2` from a result's top-level counters.
+/// `modified=10 invalid=2 (e.g. _id 7, "u9")` from a result's top-level counters and samples.
 fn summarize_result(result: &mongodb::bson::Document) -> String {
-    result
+    let mut summary = result
         .iter()
         .filter_map(|(k, v)| {
             v.as_i64()
@@ -486,5 +486,20 @@ fn summarize_result(result: &mongodb::bson::Document) -> String {
                 .map(|n| format!("{k}={n}"))
         })
         .collect::<Vec<_>>()
-        .join(" ")
+        .join(" ");
+    if let Ok(samples) = result.get_array("invalidSamples") {
+        let ids: Vec<String> = samples
+            .iter()
+            .filter_map(|s| {
+                s.as_document()?
+                    .get("_id")
+                    .map(|id| id.clone().into_relaxed_extjson().to_string())
+            })
+            .take(5)
+            .collect();
+        if !ids.is_empty() {
+            summary.push_str(&format!(" (invalid e.g. _id {})", ids.join(", ")));
+        }
+    }
+    summary
 }

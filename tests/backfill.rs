@@ -21,10 +21,9 @@ const FIELDS: [&str; 3] = [
 ];
 const COUNTRIES: [&str; 4] = ["NG", "KE", "GH", "ZA"];
 
-/// Users of the SIGKILL test: 40k give ~80 checkpointed batches of 500 per backfill to kill
-/// between. With 100k this one test takes ~2 minutes on a 2-core machine (the test server writes
-/// a few thousand users/s), past the whole suite's budget.
-const SIGKILL_USERS: usize = 40_000;
+/// Users of the SIGKILL test: 100k, so each backfill has ~200 checkpointed batches of 500 to be
+/// killed between, with several in flight.
+const SIGKILL_USERS: usize = 100_000;
 
 // ---------------------------------------------------------------------------------------------
 // Data

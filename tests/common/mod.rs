@@ -123,6 +123,28 @@ fn start_secantus() -> Server {
     }
 }
 
+/// Small batches, so a handful of documents spans several batches and `_id` type brackets.
+pub fn small_batches() -> mongo_migrate::RunOptions {
+    mongo_migrate::RunOptions {
+        batch_size: 7,
+        progress: false,
+        ..mongo_migrate::RunOptions::default()
+    }
+}
+
+/// A runner over the compiled migrations whose numbers `keep` accepts.
+pub fn runner_for(
+    t: &TestDb,
+    keep: impl Fn(u32) -> bool,
+    options: mongo_migrate::RunOptions,
+) -> mongo_migrate::MigrationRunner {
+    let chosen = mongo_migrate::registry::compiled()
+        .into_iter()
+        .filter(|m| keep(m.number))
+        .collect();
+    mongo_migrate::MigrationRunner::with_migrations(t.db.clone(), chosen).with_options(options)
+}
+
 /// A database of its own for one test.
 pub struct TestDb {
     pub client: Client,

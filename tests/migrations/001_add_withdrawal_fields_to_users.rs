@@ -18,20 +18,12 @@ const FIELDS: [&str; 3] = [
 
 /// Small batches, so a handful of users spans several batches (and, with mixed `_id`s, brackets).
 fn options() -> RunOptions {
-    RunOptions {
-        batch_size: 7,
-        progress: false,
-        ..RunOptions::default()
-    }
+    common::small_batches()
 }
 
 /// A runner over 001 only.
 fn runner(t: &TestDb, options: RunOptions) -> MigrationRunner {
-    let only_001 = mongo_migrate::registry::compiled()
-        .into_iter()
-        .filter(|m| m.number <= 1)
-        .collect();
-    MigrationRunner::with_migrations(t.db.clone(), only_001).with_options(options)
+    common::runner_for(t, |n| n <= 1, options)
 }
 
 async fn insert_users(t: &TestDb, users: Vec<Document>) {

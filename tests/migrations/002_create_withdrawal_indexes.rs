@@ -59,20 +59,12 @@ const EXPECTED: [(&str, &str, &[&str]); 15] = [
 ];
 
 fn options() -> RunOptions {
-    RunOptions {
-        batch_size: 7,
-        progress: false,
-        ..RunOptions::default()
-    }
+    common::small_batches()
 }
 
 /// A runner over 002 only.
 fn runner(t: &TestDb, options: RunOptions) -> MigrationRunner {
-    let only_002 = mongo_migrate::registry::compiled()
-        .into_iter()
-        .filter(|m| m.number == 2)
-        .collect();
-    MigrationRunner::with_migrations(t.db.clone(), only_002).with_options(options)
+    common::runner_for(t, |n| n == 2, options)
 }
 
 /// An index as listed: its name and its keys as ordered `(field, direction)` pairs.

@@ -22,20 +22,12 @@ const BEFORE_IMAGES: &str = "migrations_before_images";
 
 /// Small batches, so a few dozen users span several batches and `_id` type brackets.
 fn options() -> RunOptions {
-    RunOptions {
-        batch_size: 7,
-        progress: false,
-        ..RunOptions::default()
-    }
+    common::small_batches()
 }
 
 /// A runner over the compiled migrations whose numbers `keep` accepts.
 fn runner(t: &TestDb, keep: impl Fn(u32) -> bool, options: RunOptions) -> MigrationRunner {
-    let chosen = mongo_migrate::registry::compiled()
-        .into_iter()
-        .filter(|m| keep(m.number))
-        .collect();
-    MigrationRunner::with_migrations(t.db.clone(), chosen).with_options(options)
+    common::runner_for(t, keep, options)
 }
 
 /// 003 alone: it sets the fields 001 would have added itself.

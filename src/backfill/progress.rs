@@ -28,9 +28,15 @@ impl Progress {
             let bar = ProgressBar::new(total.max(done));
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{msg} [{bar:40.cyan/blue}] {human_pos}/{human_len} ({per_sec}, ETA {eta})",
+                    "{msg} [{bar:40.cyan/blue}] {human_pos}/{human_len} ({rate}, ETA {eta})",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .with_key(
+                    "rate",
+                    |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = write!(w, "{:.0} docs/s", state.per_sec());
+                    },
+                )
                 .progress_chars("=> "),
             );
             bar.set_message(label.to_string());
@@ -90,8 +96,8 @@ impl Progress {
     }
 
     /// Clears the bar and logs the final line.
-    pub fn finish(self, stats: &Stats) {
-        if let Some(bar) = &self.bar {
+    pub fn finish(mut self, stats: &Stats) {
+        if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
             crate::logging::set_progress_bar(None);
         }

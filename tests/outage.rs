@@ -1,0 +1,193 @@
+//! Losing the database mid-run: the server is killed during a backfill and restarted a few
+//! seconds later on the same port and data. The run retries through the outage and ends with
+//! exactly the data of an uninterrupted run. This binary runs a server of its own, because
+//! killing it would break other tests sharing one.
+
+use futures::TryStreamExt;
+use mongo_migrate::sample::{self, SampleSpec};
+use mongodb::bson::{doc, Document};
+use mongodb::Client;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn secantus() -> std::path::PathBuf {
+    let home = std::env::var("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cargo"));
+    let installed = home.join("bin/secantusd-rs");
+    if installed.exists() {
+        installed
+    } else {
+        "secantusd-rs".into()
+    }
+}
+
+/// Starts the server; a restart may find the port still held for a moment, so it retries.
+fn start_server(port: u16, dir: &Path) -> Child {
+    for _ in 0..40 {
+        let mut child = Command::new(secantus())
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--cache-size",
+                "1G",
+                "--log-level",
+                "WARNING",
+                "--storage-path",
+            ])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start secantusd-rs (scripts/install-test-server.sh installs it)");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        if lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|line| line.contains("listening on"))
+        {
+            std::thread::spawn(move || for _ in lines {});
+            return child;
+        }
+        let _ = child.wait();
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("secantusd-rs did not start on port {port}");
+}
+
+async fn all_users(client: &Client, db: &str) -> Vec<Document> {
+    client
+        .database(db)
+        .collection::<Document>("users")
+        .find(doc! {})
+        .sort(doc! { "_id": 1 })
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+fn migrate(uri: &str, logs: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_migrate"));
+    cmd.args(args)
+        .env("MONGODB_URI", uri)
+        .env("MIGRATE_LOG_DIR", logs)
+        .env("MIGRATE_ENV_FILE", logs.join("no.env"))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
+#[tokio::test]
+async fn run_survives_the_server_restarting_mid_backfill() {
+    // External servers cannot be restarted from here.
+    if std::env::var("MONGODB_URI").is_ok_and(|u| !u.is_empty()) {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let mut server = start_server(port, data.path());
+    let base = format!("mongodb://127.0.0.1:{port}");
+    let client = Client::with_uri_str(format!("{base}/?directConnection=true"))
+        .await
+        .unwrap();
+    let spec = SampleSpec {
+        users: 30_000,
+        withdrawals: 0,
+        seed: 11,
+        invalid_earnings: 30,
+        mixed_ids: false,
+    };
+    for db in ["outage", "reference"] {
+        sample::load(&client.database(db), &spec).await.unwrap();
+    }
+
+    let uri = format!("{base}/outage?directConnection=true");
+    let mut run = migrate(
+        &uri,
+        logs.path(),
+        &["up", "--max-docs-per-sec", "5000", "--no-progress"],
+    )
+    .spawn()
+    .unwrap();
+    // Wait until 003 is well under way, then take the server away.
+    let records = client
+        .database("outage")
+        .collection::<Document>("migrations");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let scanned = records
+            .find_one(doc! { "name": "003_migrate_existing_user_balances" })
+            .await
+            .unwrap()
+            .and_then(|r| {
+                r.get_document("checkpoint")
+                    .ok()
+                    .and_then(|c| c.get_i64("scanned").ok())
+            })
+            .unwrap_or(0);
+        if scanned >= 8_000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "003 never got going");
+        assert!(
+            run.try_wait().unwrap().is_none(),
+            "the run ended before the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut server = start_server(port, data.path());
+
+    let status = run.wait().unwrap();
+    let log = std::fs::read_to_string(logs.path().join("migration.log")).unwrap_or_default();
+    assert!(
+        status.success(),
+        "the run did not survive the outage ({status}):\n{log}"
+    );
+    // The outage surfaces as a retried operation or a lost scan cursor reopened at the position.
+    assert!(
+        log.contains("retrying") || log.contains("reopening"),
+        "the outage went unnoticed:\n{log}"
+    );
+
+    let reference = format!("{base}/reference?directConnection=true");
+    assert!(migrate(&reference, logs.path(), &["up", "--no-progress"])
+        .status()
+        .unwrap()
+        .success());
+    let (got, want) = (
+        all_users(&client, "outage").await,
+        all_users(&client, "reference").await,
+    );
+    assert_eq!(got.len(), want.len());
+    // Raw bytes: a NaN amount never equals itself as a Document value.
+    let bytes = |d: &Document| mongodb::bson::to_vec(d).unwrap();
+    let differing: Vec<(&Document, &Document)> = got
+        .iter()
+        .zip(&want)
+        .filter(|(a, b)| bytes(a) != bytes(b))
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "{} users differ from an uninterrupted run, e.g. {:?}",
+        differing.len(),
+        differing.iter().take(3).collect::<Vec<_>>()
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+}

@@ -3,7 +3,8 @@
 //! exactly the data of an uninterrupted run. This binary runs a server of its own, because
 //! killing it would break other tests sharing one.
 
-use futures::TryStreamExt;
+mod common;
+
 use mongo_migrate::sample::{self, SampleSpec};
 use mongodb::bson::{doc, Document};
 use mongodb::Client;
@@ -12,22 +13,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn secantus() -> std::path::PathBuf {
-    let home = std::env::var("CARGO_HOME")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| Path::new(&std::env::var("HOME").unwrap_or_default()).join(".cargo"));
-    let installed = home.join("bin/secantusd-rs");
-    if installed.exists() {
-        installed
-    } else {
-        "secantusd-rs".into()
-    }
-}
-
 /// Starts the server; a restart may find the port still held for a moment, so it retries.
 fn start_server(port: u16, dir: &Path) -> Child {
     for _ in 0..40 {
-        let mut child = Command::new(secantus())
+        let mut child = Command::new(common::secantus_binary())
             .args([
                 "--host",
                 "127.0.0.1",
@@ -60,16 +49,7 @@ fn start_server(port: u16, dir: &Path) -> Child {
 }
 
 async fn all_users(client: &Client, db: &str) -> Vec<Document> {
-    client
-        .database(db)
-        .collection::<Document>("users")
-        .find(doc! {})
-        .sort(doc! { "_id": 1 })
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap()
+    common::sorted_by_id(&client.database(db).collection("users")).await
 }
 
 fn migrate(uri: &str, logs: &Path, args: &[&str]) -> Command {

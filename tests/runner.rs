@@ -100,16 +100,7 @@ fn steps() -> Vec<Registered> {
 }
 
 async fn order(db: &mongodb::Database) -> Vec<i32> {
-    use futures::TryStreamExt;
-    let docs: Vec<Document> = db
-        .collection("order")
-        .find(doc! {})
-        .sort(doc! { "_id": 1 })
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let docs = common::sorted_by_id(&db.collection("order")).await;
     docs.iter()
         .map(|d| {
             d.get_i64("n")

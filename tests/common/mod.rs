@@ -44,7 +44,8 @@ fn split_uri(uri: &str) -> Server {
     }
 }
 
-fn secantus_binary() -> PathBuf {
+/// The test server binary: `SECANTUSD`, else the one the install script put in cargo's bin.
+pub fn secantus_binary() -> PathBuf {
     if let Ok(path) = std::env::var("SECANTUSD") {
         return PathBuf::from(path);
     }
@@ -207,16 +208,7 @@ impl TestDb {
 
     /// Every document of `collection`, sorted by `_id`.
     pub async fn all(&self, collection: &str) -> Vec<Document> {
-        use futures::TryStreamExt;
-        self.db
-            .collection::<Document>(collection)
-            .find(doc! {})
-            .sort(doc! { "_id": 1 })
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap()
+        sorted_by_id(&self.db.collection(collection)).await
     }
 
     /// The tracking record of `name`.
@@ -230,6 +222,18 @@ impl TestDb {
 }
 
 /// stdout and stderr of a CLI run, for assertions and failure messages.
+/// Every document of `coll`, sorted by `_id`.
+pub async fn sorted_by_id(coll: &mongodb::Collection<Document>) -> Vec<Document> {
+    use futures::TryStreamExt;
+    coll.find(doc! {})
+        .sort(doc! { "_id": 1 })
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
+}
+
 pub fn text(out: &Output) -> String {
     format!(
         "{}{}",

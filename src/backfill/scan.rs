@@ -1,5 +1,6 @@
-//! Scans candidates in `_id` order by bounded queries (`_id > last`, sorted, limited), never one
-//! long-lived cursor: cursors die after 10 idle minutes and sessions after 30.
+//! The scan position: candidates are read in `_id` order after (bracket, last `_id`), so a scan
+//! can be reopened from any point (see the pipeline's scanner, which reopens its cursor every few
+//! minutes because cursors die after 10 idle minutes and sessions after 30).
 //!
 //! `$gt` on `_id` only matches values of the same BSON type bracket, so a collection whose `_id`s
 //! mix types (numbers, strings, ObjectIds, ...) is walked one bracket at a time, in the server's

@@ -735,10 +735,7 @@ async fn mixed_id_types_are_all_processed() {
     .await;
     run.kill().await;
     let cp = checkpoint(&k, M003).await.unwrap();
-    assert_eq!(
-        k.record(M003).await.unwrap().get_str("status").unwrap(),
-        "running"
-    );
+    assert_eq!(k.status(M003).await, "running");
     // The checkpoint names the bracket and a last `_id` of that bracket's type.
     let last_type_matches = matches!(
         (cp.get_i32("bracket").unwrap(), cp.get("lastId").unwrap()),

@@ -128,11 +128,7 @@ async fn up_status_and_rollback_work_end_to_end() {
     assert_eq!(unconfirmed.status.code(), Some(5), "{}", text(&unconfirmed));
     assert!(text(&unconfirmed).contains("--yes"));
     assert_eq!(
-        t.record("003_migrate_existing_user_balances")
-            .await
-            .unwrap()
-            .get_str("status")
-            .unwrap(),
+        t.status("003_migrate_existing_user_balances").await,
         "completed"
     );
 
@@ -268,11 +264,7 @@ async fn drift_shows_in_status_and_stops_up_with_exit_5() {
         text(&out)
     );
     assert_eq!(
-        t.record("003_migrate_existing_user_balances")
-            .await
-            .unwrap()
-            .get_str("status")
-            .unwrap(),
+        t.status("003_migrate_existing_user_balances").await,
         "rolled_back"
     );
     let forced = t.migrate(&["up", "--allow-drift"]);
@@ -320,11 +312,7 @@ async fn up_to_stops_after_the_named_migration() {
     assert!(text(&unknown).contains("--to 009"));
     assert!(t.migrate(&["up"]).status.success());
     assert_eq!(
-        t.record("003_migrate_existing_user_balances")
-            .await
-            .unwrap()
-            .get_str("status")
-            .unwrap(),
+        t.status("003_migrate_existing_user_balances").await,
         "completed"
     );
 }

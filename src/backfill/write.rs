@@ -397,10 +397,10 @@ pub async fn client_batch(
 fn written(p: &Planned) -> Bson {
     let mut q = doc! { "_id": p.id.clone() };
     for (k, v) in &p.set {
-        q.insert(k.clone(), doc! { "$eq": v.clone() });
+        q.insert(k.clone(), field_guard(Some(v)));
     }
     for k in &p.unset {
-        q.insert(k.clone(), doc! { "$exists": false });
+        q.insert(k.clone(), field_guard(None));
     }
     Bson::Document(q)
 }

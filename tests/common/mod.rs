@@ -211,6 +211,38 @@ impl TestDb {
         sorted_by_id(&self.db.collection(collection)).await
     }
 
+    /// The `status` of `name`'s tracking record (which must exist).
+    pub async fn status(&self, name: &str) -> String {
+        let record = self.record(name).await.expect("a tracking record");
+        record.get_str("status").expect("a status").to_string()
+    }
+
+    /// Asserts that `err` is the failure of migration `name`, its reason naming every one of
+    /// `reason_has`, and that `name`'s record is `failed` with an error naming `error_has`.
+    pub async fn assert_failed(
+        &self,
+        err: &mongo_migrate::Error,
+        name: &str,
+        reason_has: &[&str],
+        error_has: &str,
+    ) {
+        let mongo_migrate::Error::Migration {
+            name: failed,
+            reason,
+        } = err
+        else {
+            panic!("expected a migration failure, got {err}");
+        };
+        assert_eq!(failed, name);
+        assert!(reason_has.iter().all(|r| reason.contains(r)), "{reason}");
+        let record = self.record(name).await.expect("a tracking record");
+        assert_eq!(record.get_str("status").unwrap(), "failed");
+        assert!(
+            record.get_str("error").unwrap().contains(error_has),
+            "{record}"
+        );
+    }
+
     /// The tracking record of `name`.
     pub async fn record(&self, name: &str) -> Option<Document> {
         self.db
@@ -221,7 +253,6 @@ impl TestDb {
     }
 }
 
-/// stdout and stderr of a CLI run, for assertions and failure messages.
 /// Every document of `coll`, sorted by `_id`.
 pub async fn sorted_by_id(coll: &mongodb::Collection<Document>) -> Vec<Document> {
     use futures::TryStreamExt;
@@ -234,6 +265,7 @@ pub async fn sorted_by_id(coll: &mongodb::Collection<Document>) -> Vec<Document>
         .unwrap()
 }
 
+/// stdout and stderr of a CLI run, for assertions and failure messages.
 pub fn text(out: &Output) -> String {
     format!(
         "{}{}",

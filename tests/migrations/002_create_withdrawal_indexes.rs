@@ -184,10 +184,7 @@ async fn up_on_a_database_without_the_collections_creates_them_with_the_indexes(
         expected("withdrawals", &[])
     );
     assert_eq!(indexes(&t, "users").await, expected("users", &[]));
-    assert_eq!(
-        t.record(NAME).await.unwrap().get_str("status").unwrap(),
-        "completed"
-    );
+    assert_eq!(t.status(NAME).await, "completed");
 }
 
 #[tokio::test]
@@ -221,10 +218,7 @@ async fn rerunning_up_over_existing_indexes_is_a_no_op() {
     );
     assert_eq!(indexes(&t, "users").await, users);
     assert_eq!(indexes(&t, "withdrawals").await, withdrawals);
-    assert_eq!(
-        t.record(NAME).await.unwrap().get_str("status").unwrap(),
-        "completed"
-    );
+    assert_eq!(t.status(NAME).await, "completed");
 }
 
 #[tokio::test]
@@ -283,35 +277,19 @@ async fn index_with_the_same_name_but_other_keys_stops_up_and_names_it() {
     create_index(&t, "withdrawals", doc! { "userId": -1 }, named("userId_1")).await;
 
     let err = runner(&t, options()).run_pending().await.unwrap_err();
-    let Error::Migration { name, reason } = &err else {
-        panic!("expected a migration failure, got {err}");
-    };
-    assert_eq!(name, NAME);
-    assert!(
-        reason.contains("withdrawals.userId_1") && reason.contains("dropIndex(\"userId_1\")"),
-        "{reason}"
-    );
-    let record = t.record(NAME).await.unwrap();
-    assert_eq!(record.get_str("status").unwrap(), "failed");
-    assert!(
-        record
-            .get_str("error")
-            .unwrap()
-            .contains("withdrawals.userId_1"),
-        "{record}"
-    );
+    t.assert_failed(
+        &err,
+        NAME,
+        &["withdrawals.userId_1", "dropIndex(\"userId_1\")"],
+        "withdrawals.userId_1",
+    )
+    .await;
     // Nothing was created: the conflict is found before any index is built.
     assert_eq!(
         indexes(&t, "withdrawals").await,
         vec![
-            (
-                "_id_".to_string(),
-                vec![("_id".to_string(), Bson::Int32(1))]
-            ),
-            (
-                "userId_1".to_string(),
-                vec![("userId".to_string(), Bson::Int32(-1))]
-            ),
+            index("_id_", &[("_id", 1)]),
+            index("userId_1", &[("userId", -1)])
         ]
     );
     assert_eq!(indexes(&t, "users").await.len(), 1, "only _id_ on users");
@@ -337,10 +315,7 @@ async fn index_with_the_same_name_and_keys_but_other_options_stops_up() {
         matches!(&err, Error::Migration { reason, .. } if reason.contains("users.totalWithdrawn_1") && reason.contains("options")),
         "{err}"
     );
-    assert_eq!(
-        t.record(NAME).await.unwrap().get_str("status").unwrap(),
-        "failed"
-    );
+    assert_eq!(t.status(NAME).await, "failed");
 }
 
 #[tokio::test]
@@ -356,24 +331,13 @@ async fn same_keys_under_another_name_stops_up_and_names_both() {
     .await;
 
     let err = runner(&t, options()).run_pending().await.unwrap_err();
-    let Error::Migration { name, reason } = &err else {
-        panic!("expected a migration failure, got {err}");
-    };
-    assert_eq!(name, NAME);
-    assert!(
-        reason.contains("withdrawals.by_status_and_date")
-            && reason.contains("status_1_createdAt_1"),
-        "{reason}"
-    );
-    let record = t.record(NAME).await.unwrap();
-    assert_eq!(record.get_str("status").unwrap(), "failed");
-    assert!(
-        record
-            .get_str("error")
-            .unwrap()
-            .contains("by_status_and_date"),
-        "{record}"
-    );
+    t.assert_failed(
+        &err,
+        NAME,
+        &["withdrawals.by_status_and_date", "status_1_createdAt_1"],
+        "by_status_and_date",
+    )
+    .await;
     assert_eq!(
         indexes(&t, "withdrawals").await.len(),
         2,
@@ -390,10 +354,7 @@ async fn same_keys_under_another_name_stops_up_and_names_both() {
         indexes(&t, "withdrawals").await,
         expected("withdrawals", &[])
     );
-    assert_eq!(
-        t.record(NAME).await.unwrap().get_str("status").unwrap(),
-        "completed"
-    );
+    assert_eq!(t.status(NAME).await, "completed");
 }
 
 #[tokio::test]
@@ -434,23 +395,14 @@ async fn identical_index_that_existed_before_is_reported_present_and_kept_by_dow
     assert_eq!(
         indexes(&t, "users").await,
         vec![
-            (
-                "_id_".to_string(),
-                vec![("_id".to_string(), Bson::Int32(1))]
-            ),
-            (
-                "email_1".to_string(),
-                vec![("email".to_string(), Bson::Int32(1))]
-            ),
+            index("_id_", &[("_id", 1)]),
+            index("email_1", &[("email", 1)]),
             index("withdrawableBalance_1", &[("withdrawableBalance", 1)]),
         ]
     );
     assert_eq!(
         indexes(&t, "withdrawals").await,
-        vec![(
-            "_id_".to_string(),
-            vec![("_id".to_string(), Bson::Int32(1))]
-        )]
+        vec![index("_id_", &[("_id", 1)])]
     );
 }
 

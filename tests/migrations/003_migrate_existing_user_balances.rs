@@ -9,7 +9,7 @@ mod common;
 use common::{fresh_db, TestDb};
 use futures::TryStreamExt;
 use mongo_migrate::money::{classify, Earnings};
-use mongo_migrate::{Error, MigrationRunner, RunOptions};
+use mongo_migrate::{MigrationRunner, RunOptions};
 use mongodb::bson::{doc, oid::ObjectId, Bson, Decimal128, Document};
 
 const NAME: &str = "003_migrate_existing_user_balances";
@@ -248,10 +248,7 @@ async fn users_without_earnings_get_a_zero_balance_and_all_three_fields() {
             &doc! { "_id": 7, "name": "complete", "withdrawableBalance": 0, "totalWithdrawn": 0, "pendingWithdrawals": 0 }
         )
     );
-    assert_eq!(
-        t.record(NAME).await.unwrap().get_str("status").unwrap(),
-        "completed"
-    );
+    assert_eq!(t.status(NAME).await, "completed");
 }
 
 /// `(_id, affiliateEarnings)` of users whose earnings cannot be migrated.
@@ -366,23 +363,13 @@ async fn fail_on_invalid_fails_the_run_instead_and_it_succeeds_once_the_data_is_
         .run_pending()
         .await
         .unwrap_err();
-    let Error::Migration { name, reason: why } = &err else {
-        panic!("expected a migration failure, got {err}");
-    };
-    assert_eq!(name, NAME);
-    assert!(
-        why.contains("--fail-on-invalid") && why.contains(r#""_id":0"#),
-        "{why}"
-    );
-    let record = t.record(NAME).await.unwrap();
-    assert_eq!(record.get_str("status").unwrap(), "failed");
-    assert!(
-        record
-            .get_str("error")
-            .unwrap()
-            .contains("--fail-on-invalid"),
-        "{record}"
-    );
+    t.assert_failed(
+        &err,
+        NAME,
+        &["--fail-on-invalid", r#""_id":0"#],
+        "--fail-on-invalid",
+    )
+    .await;
     // The batch holding the invalid user wrote nothing.
     assert_eq!(
         t.all("users").await,
@@ -480,10 +467,7 @@ async fn moved_users_lacking_other_fields_are_left_alone_when_003_runs_alone() {
         users[1],
         doc! { "_id": 2, "affiliateEarnings": 100.0, "withdrawableBalance": 50.0, "totalWithdrawn": 0, "pendingWithdrawals": 0 }
     );
-    assert_eq!(
-        t.record(NAME).await.unwrap().get_str("status").unwrap(),
-        "completed"
-    );
+    assert_eq!(t.status(NAME).await, "completed");
 }
 
 /// A mix of users, `_id` types and prior states, for idempotence and rollback.
@@ -582,11 +566,7 @@ async fn rollback_after_001_and_003_restores_the_state_001_left() {
     assert_eq!(applied.name, NAME);
     assert_identical(&t.all("users").await, &after_001);
     assert_eq!(
-        t.record("001_add_withdrawal_fields_to_users")
-            .await
-            .unwrap()
-            .get_str("status")
-            .unwrap(),
+        t.status("001_add_withdrawal_fields_to_users").await,
         "completed",
         "only the last migration is rolled back"
     );

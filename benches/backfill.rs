@@ -315,6 +315,16 @@ async fn run(users: u64, bench: bool) -> usize {
         users,
     });
 
+    // (4c) 003 via `migrate up` without catch-up (no change stream, no rounds after the scan):
+    // what catch-up costs on a quiet collection is (4) over (4c).
+    let quiet = before_003("nocatchup", users).await;
+    let (time, _) = migrate_measured(&quiet, &["up", "--catch-up", "off"]);
+    rows.push(Row {
+        name: "(4c) migrate up (003), catch-up off",
+        time,
+        users,
+    });
+
     // (4b) the whole `migrate up`: 001 + 002 + 003.
     let whole = load("whole", users).await;
     let (time, _) = migrate_measured(&whole, &["up"]);
@@ -398,6 +408,7 @@ async fn run(users: u64, bench: bool) -> usize {
         ("batched", &batched),
         ("client", &client),
         ("resume", &resumed),
+        ("catch-up off", &quiet),
     ] {
         if !same_users(&migrate, other).await {
             eprintln!("MISMATCH: {name} differs from migrate up");
@@ -463,6 +474,12 @@ async fn run(users: u64, bench: bool) -> usize {
         ("(4) / (3) throughput", get("(4) ") / get("(3) "), true, 2.0),
         ("(5) / (3) throughput", get("(5) ") / get("(3) "), true, 1.0),
         ("(6) / (4) time", t_of("(6) ") / t_of("(4) "), false, 1.1),
+        (
+            "(4) / (4c) time: catch-up",
+            t_of("(4) ") / t_of("(4c)"),
+            false,
+            1.05,
+        ),
         (
             "(7) peak RSS 4N / N",
             rss_4n as f64 / rss_n.max(1) as f64,

@@ -4,7 +4,7 @@
 //! Runs on the backfill pipeline with a server-side update per field over each batch's `_id`
 //! range, so it resumes like every large-collection migration and nothing travels to the client.
 
-use crate::backfill::{self, Backfill, ServerUpdate, Transform};
+use crate::backfill::{self, Backfill, CatchUp, ServerUpdate, Transform};
 use crate::error::{Error, Result};
 use crate::migration::{Context, Migration, Outcome};
 use async_trait::async_trait;
@@ -40,7 +40,13 @@ fn add_missing() -> Backfill {
             )
         })
         .collect();
-    let mut spec = Backfill::new(USERS, missing_any(), Transform::Server(updates));
+    // Only a removed field or a new user can make a user lack a field again.
+    let mut spec = Backfill::new(USERS, missing_any(), Transform::Server(updates)).catching_up(
+        CatchUp {
+            removed: FIELDS.iter().map(|f| f.to_string()).collect(),
+            ..CatchUp::default()
+        },
+    );
     spec.label = "001 withdrawal fields".into();
     spec
 }
@@ -117,9 +123,13 @@ impl Migration for AddWithdrawalFields {
     async fn verify(&self, ctx: &Context) -> Result<()> {
         let lacking = backfill::remaining(ctx, &add_missing(), doc! {}).await?;
         if lacking > 0 {
+            let samples = backfill::sample_ids(ctx, &add_missing(), 5).await?;
             return Err(Error::migration(
                 ctx.name(),
-                format!("{lacking} user(s) still lack a withdrawal field"),
+                format!(
+                    "{lacking} user(s) still lack a withdrawal field, e.g. {}",
+                    mongodb::bson::Bson::Array(samples).into_relaxed_extjson()
+                ),
             ));
         }
         Ok(())

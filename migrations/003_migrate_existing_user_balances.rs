@@ -7,7 +7,7 @@
 //! application's data is never overwritten, and each write is guarded on the fields it read.
 //! Before-images of every changed user let `down` restore the previous fields exactly.
 
-use crate::backfill::{self, Backfill, Change, FastPath, Transform};
+use crate::backfill::{self, Backfill, CatchUp, Change, FastPath, Transform};
 use crate::error::{Error, Result};
 use crate::migration::{Context, Migration, Outcome};
 use crate::money::{classify, encode_decimal128, Dec, Earnings};
@@ -36,8 +36,39 @@ fn untouched_by_application() -> Document {
     }
 }
 
+/// Users holding a withdrawal field that is not a number (null, a string such as "0", ...):
+/// neither "nothing moved" nor "moved", so they are read and reported, never skipped silently.
+fn non_numeric_field() -> Document {
+    doc! {
+        "$or": FIELDS.iter().map(|f| doc! { *f: { "$exists": true, "$not": { "$type": "number" } } }).collect::<Vec<_>>()
+    }
+}
+
+/// Candidates: untouched users, and users whose withdrawal fields cannot be judged.
+fn candidates() -> Document {
+    doc! { "$or": [untouched_by_application(), non_numeric_field()] }
+}
+
+/// Why a user with a non-numeric withdrawal field is left untouched.
+fn non_numeric_reason(field: &str) -> &'static str {
+    match field {
+        BALANCE => "withdrawableBalance is not a number",
+        "totalWithdrawn" => "totalWithdrawn is not a number",
+        _ => "pendingWithdrawals is not a number",
+    }
+}
+
 /// The change for one user (pure: runs on rayon across a batch).
 pub fn transform(user: &Document) -> Change {
+    for f in FIELDS {
+        let numeric = matches!(
+            user.get(f),
+            None | Some(Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_) | Bson::Decimal128(_))
+        );
+        if !numeric {
+            return Change::Invalid(non_numeric_reason(f));
+        }
+    }
     let mut set = Document::new();
     match classify(user.get(EARNINGS)) {
         Earnings::Invalid(reason) => return Change::Invalid(reason),
@@ -66,9 +97,17 @@ pub fn transform(user: &Document) -> Change {
 /// The server converts a double to decimal with 15 significant digits; that equals the shortest
 /// round-trip decimal the Rust rule uses exactly when those 15 digits convert back to the same
 /// double. Every other input (integers, Decimal128, none) converts exactly.
+///
+/// Tiny doubles (below 1e-9, subnormals among them) are left to the Rust rule: the server's
+/// conversion of some of them to decimal fails ("Conversion would overflow target type"), and
+/// their half rounds to 0 anyway.
 pub fn exact_on_server(user: &Document) -> bool {
     match user.get(EARNINGS) {
-        Some(Bson::Double(x)) => x.is_finite() && format!("{x:.14e}").parse::<f64>() == Ok(*x),
+        Some(Bson::Double(x)) => {
+            x.is_finite()
+                && (*x == 0.0 || x.abs() >= 1e-9)
+                && format!("{x:.14e}").parse::<f64>() == Ok(*x)
+        }
         _ => true,
     }
 }
@@ -111,11 +150,26 @@ pub fn fast_path() -> FastPath {
     }
 }
 
+/// Among untouched users, those that may still need the change: a field missing, or earnings
+/// worth at least a cent of balance (half of 0.01 rounds to 0 by the rule).
+fn left_unmigrated() -> Document {
+    let missing = doc! { "$or": FIELDS.iter().map(|f| doc! { *f: { "$exists": false } }).collect::<Vec<_>>() };
+    doc! { "$or": [missing, { EARNINGS: { "$gt": 0.01 } }] }
+}
+
 fn backfill_spec() -> Backfill {
-    let mut spec = Backfill::new(USERS, untouched_by_application(), Transform::Client(Arc::new(transform)))
+    let mut spec = Backfill::new(USERS, candidates(), Transform::Client(Arc::new(transform)))
         .fields(&[EARNINGS, BALANCE, "totalWithdrawn", "pendingWithdrawals"])
         .with_before_images()
-        .with_fast_path(fast_path());
+        .with_fast_path(fast_path())
+        // Earnings changed, or a withdrawal field removed, can make a user owed a balance again.
+        // The balance fields this migration sets are not watched for updates: on a quiet
+        // collection those are its own writes. The rounds after the scan look for the rest.
+        .catching_up(CatchUp {
+            updated: vec![EARNINGS.into()],
+            removed: FIELDS.iter().map(|f| f.to_string()).collect(),
+            pending: left_unmigrated(),
+        });
     spec.label = "003 balances".into();
     spec
 }
@@ -138,10 +192,17 @@ impl Migration for MigrateExistingUserBalances {
             );
         }
         let verb = if ctx.dry_run() { "would set" } else { "set" };
-        let message = format!(
+        let mut message = format!(
             "{verb} withdrawal balances of {} user(s); {} already right, {} invalid left untouched, {} changed concurrently",
             stats.modified, stats.unchanged, stats.invalid, stats.conflicts
         );
+        let caught = &stats.catch_up;
+        if caught.modified > 0 || caught.invalid > 0 {
+            message.push_str(&format!(
+                "; {} more caught up after the application changed them ({})",
+                caught.modified, caught.mode
+            ));
+        }
         Ok(Outcome::ok(message, stats.to_document()))
     }
 
@@ -168,9 +229,7 @@ impl Migration for MigrateExistingUserBalances {
     /// or still at the defaults with earnings worth at least a cent of balance, must be one with
     /// invalid earnings. A user whose balance moved is never a candidate, even if it lacks a field.
     async fn verify(&self, ctx: &Context) -> Result<()> {
-        let missing = doc! { "$or": FIELDS.iter().map(|f| doc! { *f: { "$exists": false } }).collect::<Vec<_>>() };
-        let owed = doc! { EARNINGS: { "$gt": 0.01 } };
-        let filter = doc! { "$and": [untouched_by_application(), { "$or": [missing, owed] }] };
+        let filter = doc! { "$and": [untouched_by_application(), left_unmigrated()] };
         let users = ctx.db().collection::<Document>(USERS);
         let mut cursor = users
             .find(filter)

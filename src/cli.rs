@@ -109,6 +109,17 @@ struct UpArgs {
     /// Run pending migrations only up to and including this number (e.g. --to 2)
     #[arg(long, value_name = "NNN")]
     to: Option<u32>,
+    /// How backfills catch up with documents the application changes meanwhile: `auto` follows
+    /// the change stream (resumable from the token saved with each checkpoint) where the
+    /// deployment has one; `passes` re-reads the candidates after the scan until none is left;
+    /// `off` skips catch-up, only for a collection nothing else writes during the run
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "auto",
+        env = "MIGRATE_CATCH_UP"
+    )]
+    catch_up: crate::backfill::CatchUpMode,
     #[command(flatten)]
     lock: LockArgs,
 }
@@ -211,8 +222,15 @@ async fn run(cli: Cli, settings: Settings) -> Result<()> {
     tracing::debug!(uri = %config.redacted_uri(), database = %config.database, "connected");
     match cli.command {
         Command::Status { json } => {
-            let status = MigrationRunner::new(db).status().await?;
+            let runner = MigrationRunner::new(db);
+            let status = runner.status().await?;
             print_status(&status, json);
+            for (name, chunks) in runner.orphaned_before_images().await? {
+                eprintln!(
+                    "warning: {chunks} chunk(s) of before-images of {name} in {} belong to no applied or partly applied migration; nothing will restore them",
+                    crate::backfill::BEFORE_IMAGES
+                );
+            }
             Ok(())
         }
         Command::Up(args) => up(db, &config, args).await,
@@ -240,6 +258,7 @@ async fn up(db: mongodb::Database, config: &Config, args: UpArgs) -> Result<()> 
         restart: args.restart,
         progress: !args.no_progress,
         to: args.to,
+        catch_up: args.catch_up,
         ..RunOptions::default()
     };
     lock_options(&mut options, &args.lock);
@@ -270,10 +289,17 @@ async fn rollback(db: mongodb::Database, args: RollbackArgs) -> Result<()> {
                 target.name
             )));
         }
-        eprint!(
-            "Roll back {} ({})? Type 'yes' to confirm: ",
-            target.name, target.description
-        );
+        if matches!(target.state, State::Failed | State::Running) {
+            eprint!(
+                "{} is {} part-way: undo its partial writes ({})? Type 'yes' to confirm: ",
+                target.name, target.state, target.description
+            );
+        } else {
+            eprint!(
+                "Roll back {} ({})? Type 'yes' to confirm: ",
+                target.name, target.description
+            );
+        }
         let _ = std::io::stderr().flush();
         let mut answer = String::new();
         let _ = std::io::stdin().read_line(&mut answer);
@@ -487,6 +513,14 @@ fn summarize_result(result: &mongodb::bson::Document) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ");
+    if let Ok(caught) = result.get_document("caughtUp") {
+        summary.push_str(&format!(
+            " caughtUp={} ({}, {} events)",
+            crate::backfill::int(caught, "modified"),
+            caught.get_str("mode").unwrap_or("?"),
+            crate::backfill::int(caught, "events")
+        ));
+    }
     if let Ok(samples) = result.get_array("invalidSamples") {
         let ids: Vec<String> = samples
             .iter()

@@ -89,6 +89,9 @@ pub struct RunOptions {
     pub progress: bool,
     /// Run pending migrations only up to and including this number.
     pub to: Option<u32>,
+    /// How backfills catch up with concurrent writes (`auto`: the change stream when there is
+    /// one; `passes`: passes over the candidates after the scan).
+    pub catch_up: crate::backfill::CatchUpMode,
 }
 
 impl Default for RunOptions {
@@ -107,6 +110,7 @@ impl Default for RunOptions {
             lock_lease: Duration::from_secs(60),
             progress: true,
             to: None,
+            catch_up: crate::backfill::CatchUpMode::default(),
         }
     }
 }

@@ -424,7 +424,9 @@ impl MigrationRunner {
         result
     }
 
-    /// The migration `rollback_last` would revert, if any.
+    /// The migration `rollback_last` would revert, if any: the last one touched, which is the
+    /// highest-numbered one that is applied, or failed or interrupted part-way (its partial
+    /// writes are undone, not the migration before it).
     pub async fn rollback_target(&self) -> Result<Option<MigrationStatus>> {
         let plan = self.plan(self.store.load_all().await?);
         Ok(plan
@@ -432,10 +434,54 @@ impl MigrationRunner {
             .filter(|m| {
                 matches!(
                     m.state,
-                    State::Completed | State::Changed | State::RollingBack
+                    State::Completed
+                        | State::Changed
+                        | State::RollingBack
+                        | State::Failed
+                        | State::Running
                 )
             })
             .max_by_key(|m| m.number))
+    }
+
+    /// Migrations that left before-images behind although they are neither applied nor partly
+    /// applied (nothing will ever restore them): `(name, chunks)`.
+    pub async fn orphaned_before_images(&self) -> Result<Vec<(String, u64)>> {
+        use futures::TryStreamExt;
+        let plan = self.plan(self.store.load_all().await?);
+        let images = self
+            .db
+            .collection::<Document>(crate::backfill::BEFORE_IMAGES);
+        let groups: Vec<Document> = images
+            .aggregate(vec![
+                doc! { "$group": { "_id": "$migration", "chunks": { "$sum": 1 } } },
+            ])
+            .await
+            .map_err(Error::db("reading the before-images"))?
+            .try_collect()
+            .await
+            .map_err(Error::db("reading the before-images"))?;
+        let mut orphaned: Vec<(String, u64)> = groups
+            .into_iter()
+            .filter_map(|g| {
+                let name = g.get_str("_id").ok()?.to_string();
+                let owned = plan.iter().any(|m| {
+                    m.name == name
+                        && matches!(
+                            m.state,
+                            State::Completed
+                                | State::Changed
+                                | State::RollingBack
+                                | State::Failed
+                                | State::Running
+                        )
+                });
+                let chunks = crate::backfill::int(&g, "chunks");
+                (!owned).then_some((name, chunks))
+            })
+            .collect();
+        orphaned.sort();
+        Ok(orphaned)
     }
 
     async fn rollback_locked(&self) -> Result<Applied> {
@@ -456,15 +502,13 @@ impl MigrationRunner {
                 registered.name
             )));
         }
-        if let Some(running) = self
-            .plan(self.store.load_all().await?)
-            .iter()
-            .find(|m| m.state == State::Running)
-        {
-            return Err(Error::Refused(format!(
-                "migration {} is interrupted; finish it with `migrate up --resume` before rolling back",
-                running.name
-            )));
+        let partial = matches!(target.state, State::Failed | State::Running);
+        if partial {
+            info!(
+                migration = registered.name,
+                state = %target.state,
+                "undoing the partial writes of a migration that did not complete"
+            );
         }
         let started = DateTime::now();
         let clock = std::time::Instant::now();
@@ -487,7 +531,7 @@ impl MigrationRunner {
                         status::ROLLED_BACK,
                         started,
                         fields,
-                        &["error"],
+                        &["error", "checkpoint"],
                     )
                     .await?;
                 info!(
@@ -519,8 +563,14 @@ impl MigrationRunner {
                     Err(e) => (e.to_string(), Document::new()),
                 };
                 error!(migration = registered.name, error = %reason, "rollback failed");
-                // Its changes are (at least partly) still in place: it stays completed.
-                let fields = doc! { "status": status::COMPLETED, "error": format!("rollback failed: {reason}"), "rollbackResult": result };
+                // Its changes are (at least partly) still in place: it stays as it was (completed,
+                // or failed for a migration whose partial writes were being undone).
+                let back = if partial {
+                    status::FAILED
+                } else {
+                    status::COMPLETED
+                };
+                let fields = doc! { "status": back, "error": format!("rollback failed: {reason}"), "rollbackResult": result };
                 self.store
                     .finish(
                         registered.name,

@@ -28,6 +28,60 @@ pub struct Stats {
     pub invalid_samples: Vec<Bson>,
     /// Dry run: `{_id, before, after}` of the first changes.
     pub samples: Vec<Bson>,
+    /// Documents caught up after the scan passed them (changed by the application meanwhile).
+    pub catch_up: CatchUpStats,
+}
+
+/// What catch-up did: documents the application changed while the backfill ran.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CatchUpStats {
+    /// `change stream` or `passes` (empty until catch-up starts).
+    pub mode: String,
+    /// Change events read.
+    pub events: u64,
+    /// Changed documents read again (still candidates).
+    pub reread: u64,
+    /// Of those, documents written.
+    pub modified: u64,
+    /// Of those, documents whose data is invalid (left untouched, reported).
+    pub invalid: u64,
+    /// Of those, documents changed again between read and write and no longer eligible.
+    pub conflicts: u64,
+    /// Post-scan rounds over the candidate filter.
+    pub rounds: u64,
+}
+
+impl CatchUpStats {
+    fn to_document(&self) -> Document {
+        doc! {
+            "mode": &self.mode,
+            "events": self.events as i64,
+            "reread": self.reread as i64,
+            "modified": self.modified as i64,
+            "invalid": self.invalid as i64,
+            "conflicts": self.conflicts as i64,
+            "rounds": self.rounds as i64,
+        }
+    }
+    fn from_document(d: &Document) -> Self {
+        CatchUpStats {
+            mode: d.get_str("mode").unwrap_or_default().to_string(),
+            events: int(d, "events"),
+            reread: int(d, "reread"),
+            modified: int(d, "modified"),
+            invalid: int(d, "invalid"),
+            conflicts: int(d, "conflicts"),
+            rounds: int(d, "rounds"),
+        }
+    }
+}
+
+/// A non-negative counter stored as int32 or int64 (0 when absent).
+pub fn int(d: &Document, key: &str) -> u64 {
+    d.get(key)
+        .and_then(|v| v.as_i64().or_else(|| v.as_i32().map(i64::from)))
+        .unwrap_or(0)
+        .max(0) as u64
 }
 
 impl Stats {
@@ -49,6 +103,27 @@ impl Stats {
             .extend(other.invalid_samples.into_iter().take(room));
         let room = 3usize.saturating_sub(self.samples.len());
         self.samples.extend(other.samples.into_iter().take(room));
+    }
+
+    /// Adds the counts of a catch-up batch: its documents were counted by the scan (or are new),
+    /// so they go to `catch_up`; its invalid documents are named with the scan's.
+    pub fn absorb_catch_up(&mut self, other: Stats) {
+        self.catch_up.reread += other.scanned;
+        self.catch_up.modified += other.modified;
+        self.catch_up.invalid += other.invalid;
+        self.catch_up.conflicts += other.conflicts;
+        for sample in other.invalid_samples {
+            if self.invalid_samples.len() < INVALID_SAMPLES
+                && !self.invalid_samples.contains(&sample)
+            {
+                self.invalid_samples.push(sample);
+            }
+        }
+        for (reason, _) in other.invalid_reasons {
+            if !self.invalid_reasons.contains_key(&reason) {
+                self.invalid_reasons.insert(reason, 0i64);
+            }
+        }
     }
 
     /// Records an invalid document.
@@ -79,16 +154,14 @@ impl Stats {
         if !self.samples.is_empty() {
             d.insert("samples", self.samples.clone());
         }
+        if !self.catch_up.mode.is_empty() {
+            d.insert("caughtUp", self.catch_up.to_document());
+        }
         d
     }
 
     fn from_document(d: &Document) -> Stats {
-        let n = |k: &str| {
-            d.get(k)
-                .and_then(|v| v.as_i64().or_else(|| v.as_i32().map(i64::from)))
-                .unwrap_or(0)
-                .max(0) as u64
-        };
+        let n = |k: &str| int(d, k);
         Stats {
             scanned: n("scanned"),
             modified: n("modified"),
@@ -102,22 +175,54 @@ impl Stats {
                 .unwrap_or_default(),
             invalid_samples: d.get_array("invalidSamples").cloned().unwrap_or_default(),
             samples: Vec::new(),
+            catch_up: d
+                .get_document("caughtUp")
+                .map(CatchUpStats::from_document)
+                .unwrap_or_default(),
         }
     }
 }
 
-/// The checkpoint after a fully written prefix of the scan.
-pub fn to_checkpoint(position: &Position, stats: &Stats) -> Document {
+/// Version of the bracket list a checkpoint's `bracket` indexes (see [`BRACKETS`]).
+const BRACKET_ORDER: i32 = 2;
+
+/// The checkpoint after a fully written prefix of the scan, with the change stream's resume
+/// token once every event before it is written too.
+pub fn to_checkpoint(position: &Position, stats: &Stats, token: Option<&Bson>) -> Document {
     let mut d = stats.to_document();
     d.insert("bracket", position.bracket as i32);
+    d.insert("bracketOrder", BRACKET_ORDER);
     d.insert("lastId", position.last.clone().unwrap_or(Bson::Null));
     d.insert("hasLastId", position.last.is_some());
+    if let Some(token) = token {
+        d.insert("resumeToken", token.clone());
+    }
     d
 }
 
-/// The position and counters to resume from; `None` if the checkpoint is unusable.
-pub fn from_checkpoint(cp: &Document) -> Option<(Position, Stats)> {
-    let bracket = cp.get_i32("bracket").ok()? as usize;
+/// What a run resumes from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resumed {
+    /// The scan position.
+    pub position: Position,
+    /// The counters so far.
+    pub stats: Stats,
+    /// The change stream's resume token, if one was saved.
+    pub token: Option<Bson>,
+}
+
+/// The position, counters and token to resume from; `None` if the checkpoint is unusable.
+pub fn from_checkpoint(cp: &Document) -> Option<Resumed> {
+    let mut bracket = usize::try_from(cp.get_i32("bracket").ok()?).ok()?;
+    if cp.get_i32("bracketOrder").unwrap_or(1) < BRACKET_ORDER {
+        // The first list had no MinKey or NaN bracket (and no MaxKey at the end): map its
+        // index. The brackets it skipped are covered by the post-scan rounds.
+        bracket = match bracket {
+            0 => 1,
+            i if i >= 9 => BRACKETS.len(),
+            i => i + 2,
+        };
+    }
     if bracket > BRACKETS.len() {
         return None;
     }
@@ -126,7 +231,11 @@ pub fn from_checkpoint(cp: &Document) -> Option<(Position, Stats)> {
     } else {
         None
     };
-    Some((Position { bracket, last }, Stats::from_document(cp)))
+    Some(Resumed {
+        position: Position { bracket, last },
+        stats: Stats::from_document(cp),
+        token: cp.get("resumeToken").cloned(),
+    })
 }
 
 #[cfg(test)]
@@ -147,9 +256,13 @@ mod tests {
             bracket: 5,
             last: Some(Bson::String("k".into())),
         };
-        let (p, s) = from_checkpoint(&to_checkpoint(&pos, &stats)).unwrap();
-        assert_eq!(p, pos);
-        assert_eq!(s, stats);
+        stats.catch_up.mode = "change stream".into();
+        stats.catch_up.events = 3;
+        let token = Bson::Document(doc! { "_data": "82" });
+        let r = from_checkpoint(&to_checkpoint(&pos, &stats, Some(&token))).unwrap();
+        assert_eq!(r.position, pos);
+        assert_eq!(r.stats, stats);
+        assert_eq!(r.token, Some(token));
     }
 
     #[test]
@@ -158,7 +271,19 @@ mod tests {
             bracket: 0,
             last: Some(Bson::Null),
         };
-        let (p, _) = from_checkpoint(&to_checkpoint(&pos, &Stats::default())).unwrap();
-        assert_eq!(p.last, Some(Bson::Null));
+        let r = from_checkpoint(&to_checkpoint(&pos, &Stats::default(), None)).unwrap();
+        assert_eq!(r.position.last, Some(Bson::Null));
+    }
+
+    #[test]
+    fn a_checkpoint_of_the_first_bracket_list_is_mapped() {
+        let old = doc! { "bracket": 1, "lastId": 5, "hasLastId": true, "scanned": 1 };
+        let r = from_checkpoint(&old).unwrap();
+        assert_eq!(
+            BRACKETS[r.position.bracket],
+            crate::backfill::scan::Bracket::Number
+        );
+        let done = doc! { "bracket": 9, "lastId": Bson::Null, "hasLastId": false };
+        assert!(from_checkpoint(&done).unwrap().position.done());
     }
 }

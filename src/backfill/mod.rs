@@ -1,27 +1,32 @@
 //! The batch pipeline every large-collection migration runs on:
 //!
 //! ```text
-//! scan (_id ranges) -> transform (server pipeline or Rust per document) -> guarded write
-//!      -> checkpoint (in order) -> progress / log
+//! open change stream -> scan (_id ranges) -> transform (server pipeline or Rust per document)
+//!      -> guarded write -> checkpoint {position, resume token} (in order) -> progress / log
+//!   \-> changed documents behind the scan -> same transform and write
+//! end of scan -> drain the stream -> rounds over the candidates until none is left
 //! ```
 //!
 //! See [`Backfill`] for how a migration describes its work and [`run`] for the driver loop.
 
 mod before_image;
+mod catch_up;
 mod checkpoint;
 mod pipeline;
 mod progress;
 mod retry;
 mod scan;
+mod settle;
 mod spec;
 mod throttle;
 mod write;
 
 pub use before_image::{restore, RestoreReport, BEFORE_IMAGES};
-pub use checkpoint::{Stats, INVALID_SAMPLES};
-pub use pipeline::{remaining, run};
+pub use catch_up::CatchUpMode;
+pub use checkpoint::{int, CatchUpStats, Stats, INVALID_SAMPLES};
+pub use pipeline::{remaining, run, sample_ids};
 pub use progress::PROGRESS_TARGET;
 pub use spec::{
-    Backfill, Change, DocTransform, FastPath, ServerUpdate, ServerUpdateKind, Transform,
+    Backfill, CatchUp, Change, DocTransform, FastPath, ServerUpdate, ServerUpdateKind, Transform,
 };
 pub use write::and;

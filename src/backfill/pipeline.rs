@@ -2,13 +2,18 @@
 //! and checkpoints strictly in scan order, so the checkpoint only ever covers fully written
 //! ranges. A stop request ends scanning, drains the batches in flight, and saves the checkpoint.
 
+use super::catch_up::{
+    cluster_time, pipeline, token_from_bson, token_to_bson, CatchUpMode, Taken, Unavailable,
+    Watcher,
+};
 use super::checkpoint::{from_checkpoint, to_checkpoint, Stats};
 use super::progress::Progress;
 use super::retry::{is_transient, with_retry};
-use super::scan::Position;
-use super::spec::{Backfill, Transform};
+use super::scan::{Position, BRACKETS};
+use super::settle::{process_ids, rounds};
+use super::spec::{Backfill, CatchUp, Transform};
 use super::throttle::Throttle;
-use super::write::{and, client_batch, projection, server_batch};
+use super::write::{and, client_batch, projection, server_batch, Scope};
 use crate::error::{Error, Result};
 use crate::migration::Context;
 use futures::stream::FuturesOrdered;
@@ -23,6 +28,18 @@ struct Batch {
     end: Position,
 }
 
+/// A finished piece of work, in dispatch order.
+enum Done {
+    /// A scan batch, written up to `end`.
+    Scan(Position, Stats),
+    /// Catch-up of changed documents; `token` covers every event behind them.
+    CatchUp(Option<Bson>, Stats),
+}
+
+/// Catch-up ids are taken from the stream at most this often while scanning (they pile up in
+/// between, so each catch-up is one batch rather than many tiny ones).
+const CATCH_UP_EVERY: Duration = Duration::from_millis(500);
+
 /// Runs `spec` to completion (or to a stop), returning its counters.
 pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
     let options = ctx.options();
@@ -32,13 +49,26 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
     } else {
         None
     };
-    let (mut position, mut stats) = resumed
-        .clone()
-        .unwrap_or_else(|| (Position::start(), Stats::default()));
-    if resumed.is_some() {
-        info!(migration = ctx.name(), scanned = stats.scanned, last_id = ?position.last, "resuming backfill from checkpoint");
-    }
+    let (mut position, mut stats, saved_token) = match resumed {
+        Some(r) => {
+            info!(migration = ctx.name(), scanned = r.stats.scanned, last_id = ?r.position.last, "resuming backfill from checkpoint");
+            (r.position, r.stats, r.token)
+        }
+        None => (Position::start(), Stats::default(), None),
+    };
     let coll = ctx.db().collection::<Document>(&spec.collection);
+    // Opened before the scan reads anything, so no write after the scan's first read is missed.
+    let catch_up = spec
+        .catch_up
+        .as_ref()
+        .filter(|_| options.catch_up != CatchUpMode::Off);
+    let watcher = match (catch_up, dry_run) {
+        (Some(catch_up), false) => {
+            open_watcher(ctx, spec, catch_up, saved_token.as_ref(), &mut stats).await
+        }
+        _ => None,
+    };
+    let mut token = watcher.as_ref().and(saved_token);
     let total = coll.estimated_document_count().await.unwrap_or(0);
     let mut progress = Progress::start(&spec.label, total, stats.scanned, options.progress);
     let mut throttle = Throttle::new(options.max_docs_per_sec);
@@ -53,8 +83,10 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
         batch_size: options.batch_size.max(1),
         cursor: None,
     };
+    let mut written = position.clone();
     let mut inflight = FuturesOrdered::new();
     let mut failure: Option<Error> = None;
+    let mut last_take = Instant::now();
 
     loop {
         while failure.is_none()
@@ -62,6 +94,26 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
             && inflight.len() < options.concurrency.max(1)
             && !ctx.stop().is_stopped()
         {
+            if let Some(w) = watcher
+                .as_ref()
+                .filter(|_| last_take.elapsed() >= CATCH_UP_EVERY)
+            {
+                last_take = Instant::now();
+                match w.take() {
+                    Ok(taken) => {
+                        // Documents ahead of the scan are caught up too: the scan's cursor may
+                        // already hold them as they were (some servers evaluate a cursor's whole
+                        // result when it opens), and an unchanged document is not re-checked
+                        // at write time. The guards make the second look harmless.
+                        inflight.push_back(spawn_catch_up(ctx, spec, taken));
+                        continue;
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
             let delay = throttle.delay();
             if !delay.is_zero() {
                 tokio::select! {
@@ -78,12 +130,13 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
                 }
             };
             throttle.dispatched(batch.docs.len() as u64);
-            inflight.push_back(spawn_batch(ctx, spec, batch));
+            let live = watcher.as_ref().is_some_and(|w| w.live_within(LIVE_WINDOW));
+            inflight.push_back(spawn_batch(ctx, spec, batch, live));
         }
         let Some(joined) = inflight.next().await else {
             break;
         };
-        let (end, batch_stats) = match joined {
+        let done = match joined {
             Ok(Ok(done)) => done,
             Ok(Err(e)) => {
                 // Drain what is in flight (their ranges are redone safely later) and fail.
@@ -101,12 +154,24 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
         if failure.is_some() {
             continue;
         }
-        stats.absorb(batch_stats);
-        if spec.checkpoints && !dry_run {
-            let cp = to_checkpoint(&end, &stats);
-            ctx.save_checkpoint(cp).await?;
+        match done {
+            Done::Scan(end, batch_stats) => {
+                stats.absorb(batch_stats);
+                written = end;
+            }
+            Done::CatchUp(covered, batch_stats) => {
+                stats.absorb_catch_up(batch_stats);
+                token = covered.or(token);
+            }
         }
-        debug!(migration = ctx.name(), scanned = stats.scanned, modified = stats.modified, last_id = ?end.last, "batch written");
+        if let Some(w) = &watcher {
+            stats.catch_up.events = stats.catch_up.events.max(w.events());
+        }
+        if spec.checkpoints && !dry_run {
+            ctx.save_checkpoint(to_checkpoint(&written, &stats, token.as_ref()))
+                .await?;
+        }
+        debug!(migration = ctx.name(), scanned = stats.scanned, modified = stats.modified, last_id = ?written.last, "batch written");
         progress.update(&stats);
     }
     if let Some(e) = failure {
@@ -116,9 +181,101 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
         progress.finish(&stats);
         return Err(ctx.stop().error());
     }
+    if spec.checkpoints && !dry_run {
+        ctx.save_checkpoint(to_checkpoint(&position, &stats, token.as_ref()))
+            .await?;
+    }
+    if let (Some(catch_up), false) = (catch_up, dry_run) {
+        info!(migration = ctx.name(), scanned = stats.scanned, mode = %stats.catch_up.mode, "scan finished; catching up with concurrent writes");
+        if let Some(w) = &watcher {
+            // Every event up to the scan's end, then what they name.
+            w.drain(cluster_time(ctx.db()).await).await?;
+            let taken = w.take()?;
+            let covered = taken.token.as_ref().and_then(token_to_bson);
+            stats.absorb_catch_up(process_ids(ctx, spec, taken.ids).await?);
+            stats.catch_up.events = stats.catch_up.events.max(w.events());
+            token = covered.or(token);
+            ctx.save_checkpoint(to_checkpoint(&position, &stats, token.as_ref()))
+                .await?;
+        }
+        let result = rounds(
+            ctx,
+            spec,
+            catch_up,
+            watcher.as_ref(),
+            &mut stats,
+            &position,
+            token.clone(),
+        )
+        .await;
+        if ctx.stop().is_stopped() {
+            progress.finish(&stats);
+            return Err(ctx.stop().error());
+        }
+        result?;
+        info!(
+            migration = ctx.name(),
+            mode = %stats.catch_up.mode,
+            events = stats.catch_up.events,
+            caught_up = stats.catch_up.modified,
+            rounds = stats.catch_up.rounds,
+            "caught up with concurrent writes"
+        );
+    }
     progress.finish(&stats);
     Ok(stats)
 }
+
+/// Opens the change stream, from the saved token when resuming; `None` (catch-up by passes)
+/// when the deployment has none, the token has left the oplog, or passes were asked for.
+async fn open_watcher(
+    ctx: &Context,
+    spec: &Backfill,
+    catch_up: &CatchUp,
+    saved: Option<&Bson>,
+    stats: &mut Stats,
+) -> Option<Watcher> {
+    if ctx.options().catch_up == CatchUpMode::Passes {
+        info!(
+            migration = ctx.name(),
+            "catch-up by passes over the candidates (as asked)"
+        );
+        stats.catch_up.mode = PASSES.into();
+        return None;
+    }
+    let coll = ctx.db().collection::<Document>(&spec.collection);
+    let token = saved.and_then(token_from_bson);
+    let resuming = token.is_some();
+    let mut removed = catch_up.removed.clone();
+    removed.extend(catch_up.updated.iter().cloned());
+    match Watcher::open(&coll, pipeline(&catch_up.updated, &removed), token).await {
+        Ok(w) => {
+            if resuming {
+                info!(
+                    migration = ctx.name(),
+                    "change stream resumed from the saved resume token"
+                );
+            } else {
+                info!(migration = ctx.name(), "change stream opened for catch-up");
+            }
+            stats.catch_up.mode = STREAM.into();
+            Some(w)
+        }
+        Err(Unavailable(why)) => {
+            let what = if resuming {
+                "the saved resume token cannot be used"
+            } else {
+                "no change stream on this deployment"
+            };
+            warn!(migration = ctx.name(), reason = %why, "{what}; catching up by passes over the candidates after the scan");
+            stats.catch_up.mode = PASSES.into();
+            None
+        }
+    }
+}
+
+const STREAM: &str = "change stream";
+const PASSES: &str = "passes";
 
 /// Reads candidates in `_id` order through a cursor that is reopened from the current position
 /// every few minutes and after any error, so no cursor outlives the server's idle (10 min) or
@@ -164,7 +321,10 @@ impl Scanner {
             let (cursor, _) = self.cursor.as_mut().expect("opened above");
             let mut docs = Vec::with_capacity(self.batch_size);
             let mut exhausted = false;
-            while docs.len() < self.batch_size {
+            // A bracket selected by type or equality is read whole (it holds at most two
+            // documents), because the position moves past it after one batch.
+            let whole = BRACKETS[position.bracket].single_batch();
+            while whole || docs.len() < self.batch_size {
                 match cursor.try_next().await {
                     Ok(Some(doc)) => docs.push(doc),
                     Ok(None) => {
@@ -208,15 +368,41 @@ fn is_cursor_gone(e: &mongodb::error::Error) -> bool {
     matches!(e.kind.as_ref(), mongodb::error::ErrorKind::Command(c) if matches!(c.code, 43 | 237))
 }
 
-type BatchResult = Result<(Position, Stats)>;
+type BatchResult = Result<Done>;
+
+fn spawn_catch_up(
+    ctx: &Context,
+    spec: &Backfill,
+    taken: Taken,
+) -> tokio::task::JoinHandle<BatchResult> {
+    let ctx = ctx.clone();
+    let mut spec = spec.clone();
+    // The application is writing these very documents: guarded per document.
+    spec.fast_path = None;
+    tokio::spawn(async move {
+        let token = taken.token.as_ref().and_then(token_to_bson);
+        let stats = process_ids(&ctx, &spec, taken.ids).await?;
+        Ok(Done::CatchUp(token, stats))
+    })
+}
+
+/// While the application wrote within this window, batches are written document by document,
+/// each guarded on every field read, instead of by the server-side fast path (which computes from
+/// the document as it is at write time, and cannot be guarded on each document's inputs cheaply):
+/// exact before-images then cost one statement per document.
+const LIVE_WINDOW: Duration = Duration::from_secs(5);
 
 fn spawn_batch(
     ctx: &Context,
     spec: &Backfill,
     batch: Batch,
+    live: bool,
 ) -> tokio::task::JoinHandle<BatchResult> {
     let ctx = ctx.clone();
-    let spec = spec.clone();
+    let mut spec = spec.clone();
+    if live {
+        spec.fast_path = None;
+    }
     tokio::spawn(async move {
         let options = ctx.options();
         let stats = match &spec.transform {
@@ -226,7 +412,15 @@ fn spawn_batch(
                     .iter()
                     .filter_map(|d| d.get("_id").cloned())
                     .collect();
-                server_batch(ctx.db(), &spec, updates, &ids, options.dry_run, ctx.stop()).await?
+                server_batch(
+                    ctx.db(),
+                    &spec,
+                    updates,
+                    Scope::Range(&ids),
+                    options.dry_run,
+                    ctx.stop(),
+                )
+                .await?
             }
             Transform::Client(transform) => {
                 client_batch(
@@ -242,7 +436,7 @@ fn spawn_batch(
                 .await?
             }
         };
-        Ok((batch.end, stats))
+        Ok(Done::Scan(batch.end, stats))
     })
 }
 
@@ -254,4 +448,22 @@ pub async fn remaining(ctx: &Context, spec: &Backfill, extra: Document) -> Resul
         coll.count_documents(filter.clone())
     })
     .await
+}
+
+/// `_id`s of the first `n` candidates of `spec` (for messages naming documents).
+pub async fn sample_ids(ctx: &Context, spec: &Backfill, n: i64) -> Result<Vec<Bson>> {
+    let coll = ctx.db().collection::<Document>(&spec.collection);
+    let found: Vec<Document> = with_retry("naming remaining candidates", ctx.stop(), || async {
+        coll.find(spec.filter.clone())
+            .projection(doc! { "_id": 1 })
+            .limit(n)
+            .await?
+            .try_collect()
+            .await
+    })
+    .await?;
+    Ok(found
+        .into_iter()
+        .filter_map(|d| d.get("_id").cloned())
+        .collect())
 }

@@ -6,6 +6,12 @@
 //! mix types (numbers, strings, ObjectIds, ...) is walked one bracket at a time, in the server's
 //! sort order, each bracket opened with `$gte` its smallest value. The position is therefore
 //! (bracket, last `_id`), which is what the checkpoint stores.
+//!
+//! Values no range reaches get brackets of their own, selected by type or equality: MinKey and
+//! MaxKey (no value is below or above them), and NaN (`$gte: -Infinity` does not match it). Each
+//! holds at most a couple of documents (`_id` is unique). Whatever a server's range operators
+//! still miss (for example a `$gt` on binary `_id`s that disagrees with the server's own sort
+//! order) is found by the post-scan rounds over the candidate filter, which use no `_id` range.
 
 use mongodb::bson::{
     doc, oid::ObjectId, spec::BinarySubtype, Binary, Bson, DateTime, Document, Timestamp,
@@ -14,8 +20,12 @@ use mongodb::bson::{
 /// Type brackets of `_id`, in the server's sort order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bracket {
+    /// MinKey (sorts before everything).
+    MinKey,
     /// `null` (at most one document).
     Null,
+    /// NaN (double or decimal): sorts before every number, but no range matches it.
+    NaN,
     /// int, long, double, decimal (compared numerically).
     Number,
     /// strings.
@@ -32,11 +42,16 @@ pub enum Bracket {
     Date,
     /// timestamps.
     Timestamp,
+    /// MaxKey (sorts after everything).
+    MaxKey,
 }
 
-/// Every bracket, in scan order.
-pub const BRACKETS: [Bracket; 9] = [
+/// Every bracket, in scan order. A checkpoint stores an index into this list, so new brackets
+/// only ever go where they keep old indexes meaning what they meant, or the position is mapped.
+pub const BRACKETS: [Bracket; 12] = [
+    Bracket::MinKey,
     Bracket::Null,
+    Bracket::NaN,
     Bracket::Number,
     Bracket::String,
     Bracket::Object,
@@ -45,16 +60,25 @@ pub const BRACKETS: [Bracket; 9] = [
     Bracket::Bool,
     Bracket::Date,
     Bracket::Timestamp,
+    Bracket::MaxKey,
 ];
 
 impl Bracket {
     /// The `_id` condition selecting this bracket from its start, or after `last`.
     pub fn id_filter(self, last: Option<&Bson>) -> Document {
+        // Brackets selected by type or equality hold at most two documents: after the first
+        // batch nothing is left, whatever `last` is.
+        match self {
+            Bracket::MinKey => return doc! { "_id": { "$type": "minKey" } },
+            Bracket::MaxKey => return doc! { "_id": { "$type": "maxKey" } },
+            Bracket::Null => return doc! { "_id": { "$type": "null" } },
+            Bracket::NaN => return doc! { "_id": f64::NAN },
+            _ => {}
+        }
         if let Some(last) = last {
             return doc! { "_id": { "$gt": last.clone() } };
         }
         let lowest: Bson = match self {
-            Bracket::Null => return doc! { "_id": { "$type": "null" } },
             Bracket::Number => Bson::Double(f64::NEG_INFINITY),
             Bracket::String => Bson::String(String::new()),
             Bracket::Object => Bson::Document(Document::new()),
@@ -69,8 +93,19 @@ impl Bracket {
                 time: 0,
                 increment: 0,
             }),
+            Bracket::MinKey | Bracket::MaxKey | Bracket::Null | Bracket::NaN => {
+                unreachable!("returned above")
+            }
         };
         doc! { "_id": { "$gte": lowest } }
+    }
+
+    /// Whether a bracket is done after one batch (selected by type or equality, not a range).
+    pub fn single_batch(self) -> bool {
+        matches!(
+            self,
+            Bracket::MinKey | Bracket::MaxKey | Bracket::Null | Bracket::NaN
+        )
     }
 }
 
@@ -108,7 +143,11 @@ impl Position {
     }
     /// Moves past a batch whose last `_id` is `last`.
     pub fn advance_to(&mut self, last: Bson) {
-        self.last = Some(last);
+        if BRACKETS[self.bracket].single_batch() {
+            self.next_bracket();
+        } else {
+            self.last = Some(last);
+        }
     }
     /// Moves to the next bracket (the current one has no more candidates).
     pub fn next_bracket(&mut self) {
@@ -138,12 +177,23 @@ mod tests {
     }
 
     #[test]
+    fn single_value_brackets_end_after_one_batch() {
+        let mut p = Position::start();
+        assert_eq!(BRACKETS[p.bracket], Bracket::MinKey);
+        p.advance_to(Bson::MinKey);
+        assert_eq!(BRACKETS[p.bracket], Bracket::Null);
+        assert_eq!(p.last, None);
+    }
+
+    #[test]
     fn position_walks_brackets_in_order() {
         let mut p = Position::start();
+        while BRACKETS[p.bracket] != Bracket::Number {
+            p.next_bracket();
+        }
         p.advance_to(Bson::Int32(5));
         assert_eq!(p.filter(&doc! {}), doc! { "_id": { "$gt": 5 } });
         p.next_bracket();
-        assert_eq!(p.bracket, 1);
         assert_eq!(p.last, None);
         while !p.done() {
             p.next_bracket();

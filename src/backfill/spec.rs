@@ -103,6 +103,27 @@ pub struct Backfill {
     pub label: String,
     /// Server-side equivalent of a client transform, for speed.
     pub fast_path: Option<FastPath>,
+    /// Catch up with documents the application changes during the run (see [`CatchUp`]).
+    pub catch_up: Option<CatchUp>,
+}
+
+/// Which concurrent writes can make a document a candidate (again), and how to find the
+/// candidates left after the scan.
+///
+/// The change stream reports inserts, replacements, updates that set one of `updated` and updates
+/// that remove one of `removed`. Fields the backfill itself sets belong in `removed` only: an
+/// update that sets them is, on a quiet collection, the backfill's own write, and watching it
+/// would read every written document back. A write the stream does not report (the application
+/// setting a written field back to a candidate value) is still found by the post-scan rounds.
+#[derive(Debug, Clone, Default)]
+pub struct CatchUp {
+    /// Fields whose update can make a document a candidate.
+    pub updated: Vec<String>,
+    /// Fields whose removal can make a document a candidate.
+    pub removed: Vec<String>,
+    /// Narrows the candidate filter to documents that certainly still need the change, for the
+    /// post-scan rounds (a client transform still decides each one). Empty: the candidate filter.
+    pub pending: Document,
 }
 
 impl Backfill {
@@ -118,7 +139,14 @@ impl Backfill {
             before_images: false,
             checkpoints: true,
             fast_path: None,
+            catch_up: None,
         }
+    }
+    /// Catches up with concurrent writes: the change stream during the run, then rounds over the
+    /// candidates until none is left (see [`CatchUp`]).
+    pub fn catching_up(mut self, catch_up: CatchUp) -> Self {
+        self.catch_up = Some(catch_up);
+        self
     }
     /// Sets the fields the transform reads.
     pub fn fields(mut self, fields: &[&str]) -> Self {
@@ -135,9 +163,10 @@ impl Backfill {
         self.fast_path = Some(fast_path);
         self
     }
-    /// Disables checkpoints.
+    /// Disables checkpoints (and catch-up, which needs them to resume).
     pub fn without_checkpoints(mut self) -> Self {
         self.checkpoints = false;
+        self.catch_up = None;
         self
     }
 }

@@ -6,7 +6,7 @@
 //! concurrent application write is never overwritten; a document whose guard failed is re-read
 //! and, if still a candidate, recomputed and written again.
 
-use super::checkpoint::Stats;
+use super::checkpoint::{int, Stats};
 use super::retry::with_retry;
 use super::spec::{Backfill, Change, DocTransform, ServerUpdate, ServerUpdateKind};
 use crate::error::{Error, Result};
@@ -16,6 +16,10 @@ use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::Database;
 use rayon::prelude::*;
 
+/// Databases whose before-images were indexed by document in this process.
+static INDEXED: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
 /// Conflict rounds before a document that keeps changing under us is left to a later run.
 const CONFLICT_ROUNDS: usize = 3;
 
@@ -23,10 +27,27 @@ const CONFLICT_ROUNDS: usize = 3;
 struct UpdateResult {
     matched: u64,
     modified: u64,
+    /// `(statement index, message)` of the statements the server refused.
+    errors: Vec<(usize, String)>,
+}
+
+impl UpdateResult {
+    /// The refused statements as an error of `what`, naming the first.
+    fn into_error(self, what: &str) -> Error {
+        let (index, first) = self.errors.first().cloned().unwrap_or_default();
+        Error::Migration {
+            name: what.to_string(),
+            reason: format!(
+                "{} write error(s) in a batch, first (statement {index}): {first}",
+                self.errors.len()
+            ),
+        }
+    }
 }
 
 /// Sends `statements` as one unordered `update` command, retrying transient failures (safe: every
-/// statement is idempotent by its filter).
+/// statement is idempotent by its filter). Statements the server refuses are returned, not
+/// raised, so the caller can name the document or take another path.
 async fn update_command(
     db: &Database,
     collection: &str,
@@ -38,27 +59,25 @@ async fn update_command(
         db.run_command(command.clone())
     })
     .await?;
-    if let Ok(errors) = reply.get_array("writeErrors") {
-        let first = errors
-            .first()
-            .and_then(Bson::as_document)
-            .and_then(|e| e.get_str("errmsg").ok())
-            .unwrap_or("unknown");
-        return Err(Error::Migration {
-            name: collection.to_string(),
-            reason: format!("{} write error(s) in a batch, first: {first}", errors.len()),
-        });
-    }
-    let n = |k: &str| {
-        reply
-            .get(k)
-            .and_then(|v| v.as_i64().or_else(|| v.as_i32().map(i64::from)))
-            .unwrap_or(0)
-            .max(0) as u64
-    };
+    let errors = reply
+        .get_array("writeErrors")
+        .map(|errors| {
+            errors
+                .iter()
+                .filter_map(Bson::as_document)
+                .map(|e| {
+                    (
+                        int(e, "index") as usize,
+                        e.get_str("errmsg").unwrap_or("unknown").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(UpdateResult {
-        matched: n("n"),
-        modified: n("nModified"),
+        matched: int(&reply, "n"),
+        modified: int(&reply, "nModified"),
+        errors,
     })
 }
 
@@ -72,20 +91,36 @@ pub fn and(parts: Vec<Document>) -> Document {
     }
 }
 
-/// Applies the server-side updates to the candidates with `_id` in `[first, last]`.
+/// Which documents a server-side batch covers.
+pub enum Scope<'a> {
+    /// The scan's batch: every `_id` from the first to the last read, in sort order.
+    Range(&'a [Bson]),
+    /// Documents named one by one (catch-up), in no particular order.
+    Ids(&'a [Bson]),
+}
+
+/// Applies the server-side updates to the candidates in `scope`.
 pub async fn server_batch(
     db: &Database,
     spec: &Backfill,
     updates: &[ServerUpdate],
-    ids: &[Bson],
+    scope: Scope<'_>,
     dry_run: bool,
     stop: &Stop,
 ) -> Result<Stats> {
-    let (first, last) = (
-        ids.first().expect("non-empty batch"),
-        ids.last().expect("non-empty batch"),
-    );
-    let range = doc! { "_id": { "$gte": first.clone(), "$lte": last.clone() } };
+    let (ids, range) = match scope {
+        Scope::Range(ids) => {
+            let (first, last) = (
+                ids.first().expect("non-empty batch"),
+                ids.last().expect("non-empty batch"),
+            );
+            (
+                ids,
+                doc! { "_id": { "$gte": first.clone(), "$lte": last.clone() } },
+            )
+        }
+        Scope::Ids(ids) => (ids, doc! { "_id": { "$in": ids.to_vec() } }),
+    };
     let mut stats = Stats {
         scanned: ids.len() as u64,
         batches: 1,
@@ -138,6 +173,9 @@ pub async fn server_batch(
         })
         .collect();
     let result = update_command(db, &spec.collection, statements, stop).await?;
+    if !result.errors.is_empty() {
+        return Err(result.into_error(&spec.collection));
+    }
     stats.modified = result.modified;
     stats.unchanged = stats.scanned.saturating_sub(result.modified);
     Ok(stats)
@@ -324,6 +362,7 @@ pub async fn client_batch(
         return Ok(stats);
     }
     let coll = db.collection::<Document>(&spec.collection);
+    let mut use_fast_path = true;
     for round in 0..=CONFLICT_ROUNDS {
         if planned.is_empty() {
             break;
@@ -337,23 +376,66 @@ pub async fn client_batch(
             );
             break;
         }
+        let mut chunk = None;
         if spec.before_images {
-            let chunk = doc! {
+            let entries: Vec<Bson> = planned
+                .iter()
+                .map(|p| Bson::Document(before_image(p)))
+                .collect();
+            let doc = doc! {
                 "migration": migration,
                 "collection": &spec.collection,
                 "createdAt": DateTime::now(),
-                "entries": planned.iter().map(|p| Bson::Document(before_image(p))).collect::<Vec<_>>(),
+                "entries": entries.clone(),
             };
             let images = db.collection::<Document>(super::BEFORE_IMAGES);
-            with_retry("saving before-images", stop, || {
-                images.insert_one(chunk.clone())
+            let id = with_retry("saving before-images", stop, || {
+                images.insert_one(doc.clone())
             })
-            .await?;
+            .await?
+            .inserted_id;
+            chunk = Some((id, entries));
         }
-        let statements = statements(spec, &planned, round == 0);
+        let (statements, fast) = statements(spec, &planned, use_fast_path);
+        let fast_index = fast.as_ref().map(|_| statements.len() - 1);
         let result = update_command(db, &spec.collection, statements, stop).await?;
         stats.modified += result.modified;
-        if result.matched == planned.len() as u64 {
+        if let Some((index, message)) = result.errors.iter().find(|(i, _)| Some(*i) != fast_index) {
+            let id = planned
+                .iter()
+                .filter(|p| !fast.as_ref().is_some_and(|f| f.ids.contains(&p.id)))
+                .nth(*index)
+                .map(|p| p.id.clone())
+                .unwrap_or(Bson::Null);
+            return Err(Error::migration(
+                migration,
+                format!(
+                    "the server refused the write of {} {}: {message}",
+                    spec.collection,
+                    Bson::Document(doc! { "_id": id }).into_relaxed_extjson()
+                ),
+            ));
+        }
+        let fast_failed = !result.errors.is_empty();
+        if fast_failed {
+            // The server could not compute some document (e.g. a value outside its exact range):
+            // the documents it did not write go one by one in the next round.
+            tracing::warn!(
+                collection = %spec.collection,
+                error = %result.errors[0].1,
+                "the server-side update of a batch failed; writing its documents one by one"
+            );
+            use_fast_path = false;
+        }
+        if let (Some(fast), Some((chunk_id, entries))) = (&fast, chunk.take()) {
+            if !fast_failed {
+                record_what_was_written(
+                    db, spec, transform, &planned, fast, chunk_id, entries, stop,
+                )
+                .await?;
+            }
+        }
+        if !fast_failed && result.matched == planned.len() as u64 {
             break;
         }
         // Some guards failed: someone wrote those documents since we read them. Re-read the
@@ -369,15 +451,19 @@ pub async fn client_batch(
                 .await
         })
         .await?;
-        let gone = planned.len() as u64 - result.matched;
-        // Those already holding exactly what we would write were written by an earlier run of
-        // this migration, killed with batches in flight that the server still completed after
-        // this run read them: this migration's change, which no run has counted.
-        let holding_ours = doc! { "$or": planned.iter().map(written).collect::<Vec<_>>() };
-        let ours = with_retry("checking documents written meanwhile", stop, || {
-            coll.count_documents(holding_ours.clone())
-        })
-        .await?;
+        let gone = planned.len() as u64 - result.matched.min(planned.len() as u64);
+        // Those no longer candidates but holding exactly what we would write were written by an
+        // earlier run of this migration, killed with batches in flight that the server still
+        // completed after this run read them: this migration's change, which no run has counted.
+        let still: std::collections::HashSet<Vec<u8>> = reread
+            .iter()
+            .filter_map(|d| d.get("_id").map(super::catch_up::key_of))
+            .collect();
+        let left: Vec<&Planned> = planned
+            .iter()
+            .filter(|p| !still.contains(&super::catch_up::key_of(&p.id)))
+            .collect();
+        let ours = holding_ours(&coll, &left, stop).await?;
         let written_before = ours.saturating_sub(result.matched).min(gone);
         stats.modified += written_before;
         let mut again = Stats::default();
@@ -393,21 +479,125 @@ pub async fn client_batch(
     Ok(stats)
 }
 
-/// `{_id, field: {$eq: value}, removed: {$exists: false}}`: the document as `p` would leave it.
-fn written(p: &Planned) -> Bson {
-    let mut q = doc! { "_id": p.id.clone() };
-    for (k, v) in &p.set {
-        q.insert(k.clone(), field_guard(Some(v)));
+/// How many of `planned` hold exactly what they would be written to. One `$in` read (a `$or`
+/// of one clause per document is orders of magnitude slower on some servers).
+async fn holding_ours(
+    coll: &mongodb::Collection<Document>,
+    planned: &[&Planned],
+    stop: &Stop,
+) -> Result<u64> {
+    if planned.is_empty() {
+        return Ok(0);
     }
-    for k in &p.unset {
-        q.insert(k.clone(), field_guard(None));
+    let ids: Vec<Bson> = planned.iter().map(|p| p.id.clone()).collect();
+    let current: Vec<Document> =
+        with_retry("checking documents written meanwhile", stop, || async {
+            coll.find(doc! { "_id": { "$in": ids.clone() } })
+                .await?
+                .try_collect()
+                .await
+        })
+        .await?;
+    Ok(planned
+        .iter()
+        .filter(|p| {
+            current
+                .iter()
+                .find(|d| d.get("_id") == Some(&p.id))
+                .is_some_and(|d| already_applied(d, &p.set, &p.unset))
+        })
+        .count() as u64)
+}
+
+/// The documents of a batch written by the fast path.
+struct FastWrite {
+    ids: Vec<Bson>,
+}
+
+/// Makes the before-images of the fast path's documents say what the server actually wrote.
+///
+/// The server computes from the document as it is when written, which is what was read unless
+/// the application changed an input in between. Such a document is read back: if its fields are
+/// exactly what the transform gives for its current inputs, that is what this batch wrote, and its
+/// entry records it, so `down` restores it. Anything else (the application also changed a written
+/// field) keeps the entry as it is, and `down` reports the document as changed rather than
+/// overwrite the application's value.
+#[allow(clippy::too_many_arguments)]
+async fn record_what_was_written(
+    db: &Database,
+    spec: &Backfill,
+    transform: &DocTransform,
+    planned: &[Planned],
+    fast: &FastWrite,
+    chunk_id: Bson,
+    mut entries: Vec<Bson>,
+    stop: &Stop,
+) -> Result<()> {
+    let coll = db.collection::<Document>(&spec.collection);
+    let projection = projection(&spec.fields);
+    let ids = fast.ids.clone();
+    let current: Vec<Document> = with_retry("reading back a written batch", stop, || async {
+        coll.find(doc! { "_id": { "$in": ids.clone() } })
+            .projection(projection.clone())
+            .await?
+            .try_collect()
+            .await
+    })
+    .await?;
+    let by_id: std::collections::HashMap<Vec<u8>, &Document> = current
+        .iter()
+        .filter_map(|d| d.get("_id").map(|id| (super::catch_up::key_of(id), d)))
+        .collect();
+    let mut corrected = 0usize;
+    for (p, entry) in planned.iter().zip(entries.iter_mut()) {
+        let Some(now) = by_id.get(&super::catch_up::key_of(&p.id)) else {
+            continue;
+        };
+        if already_applied(now, &p.set, &p.unset) {
+            continue;
+        }
+        // The inputs as they are now, with the written fields as they were before the write.
+        let mut inputs = (*now).clone();
+        for key in p.set.keys().chain(p.unset.iter()) {
+            match p.before.get(key) {
+                Some(v) => inputs.insert(key.clone(), v.clone()),
+                None => inputs.remove(key),
+            };
+        }
+        if let Change::Update { set, unset } = transform(&inputs) {
+            if unset == p.unset && set.keys().eq(p.set.keys()) && already_applied(now, &set, &unset)
+            {
+                if let Some(e) = entry.as_document_mut() {
+                    e.insert("after", set);
+                    corrected += 1;
+                }
+            }
+        }
     }
-    Bson::Document(q)
+    if corrected > 0 {
+        let images = db.collection::<Document>(super::BEFORE_IMAGES);
+        with_retry("correcting before-images", stop, || {
+            images.update_one(
+                doc! { "_id": chunk_id.clone() },
+                doc! { "$set": { "entries": entries.clone() } },
+            )
+        })
+        .await?;
+        tracing::debug!(
+            corrected,
+            "inputs changed between read and write; before-images record what was written"
+        );
+    }
+    Ok(())
 }
 
 /// The batch's statements: one server-side update for the documents the fast path computes
 /// exactly (first round only), one guarded statement per other document.
-fn statements(spec: &Backfill, planned: &[Planned], use_fast_path: bool) -> Vec<Document> {
+fn statements(
+    spec: &Backfill,
+    planned: &[Planned],
+    use_fast_path: bool,
+) -> (Vec<Document>, Option<FastWrite>) {
     let mut out = Vec::new();
     let mut fast_ids = Vec::new();
     for p in planned {
@@ -420,13 +610,14 @@ fn statements(spec: &Backfill, planned: &[Planned], use_fast_path: bool) -> Vec<
     }
     if let (Some(fast), false) = (&spec.fast_path, fast_ids.is_empty()) {
         let q = and(vec![
-            doc! { "_id": { "$in": fast_ids } },
+            doc! { "_id": { "$in": fast_ids.clone() } },
             spec.filter.clone(),
             fast.guard.clone(),
         ]);
         out.push(doc! { "q": q, "u": fast.pipeline.clone(), "multi": true });
+        return (out, Some(FastWrite { ids: fast_ids }));
     }
-    out
+    (out, None)
 }
 
 /// `{_id: 1, f: 1, ...}`.
@@ -436,4 +627,188 @@ pub fn projection(fields: &[String]) -> Document {
         p.insert(f.clone(), 1);
     }
     p
+}
+
+/// Recomputes documents this migration wrote earlier in the run whose inputs the application
+/// changed since: as long as a document still holds exactly what the migration wrote (its latest
+/// before-image's `after`), the value is the migration's own, and it must follow the inputs (a
+/// balance is half of the *current* earnings). A document whose written fields the application
+/// changed is the application's, and is left alone.
+///
+/// `ids` are documents that are no longer candidates. Returns the counters of what was written.
+pub async fn recompute_owned(
+    db: &Database,
+    spec: &Backfill,
+    transform: &DocTransform,
+    migration: &str,
+    ids: Vec<Bson>,
+    stop: &Stop,
+) -> Result<Stats> {
+    let mut stats = Stats::default();
+    if ids.is_empty() || !spec.before_images {
+        return Ok(stats);
+    }
+    let images = db.collection::<Document>(super::BEFORE_IMAGES);
+    // Looked up by document only when the application writes during a run: the index is made
+    // then, so a quiet run never pays for keeping it.
+    let index = mongodb::IndexModel::builder()
+        .keys(doc! { "migration": 1, "entries._id": 1 })
+        .build();
+    if INDEXED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(db.name().to_string())
+    {
+        with_retry("indexing before-images", stop, || {
+            images.create_index(index.clone())
+        })
+        .await?;
+    }
+    let latest: Vec<Document> = with_retry("reading before-images", stop, || async {
+        images
+            .aggregate(vec![
+                doc! { "$match": { "migration": migration, "entries._id": { "$in": ids.clone() } } },
+                doc! { "$sort": { "_id": -1 } },
+                doc! { "$unwind": "$entries" },
+                doc! { "$match": { "entries._id": { "$in": ids.clone() } } },
+                doc! { "$replaceRoot": { "newRoot": "$entries" } },
+            ])
+            .await?
+            .try_collect()
+            .await
+    })
+    .await?;
+    // Newest chunk first. A batch saves its entries before it writes, and a write whose guard
+    // failed leaves an entry that never happened: the entry that counts is the newest one whose
+    // `after` the document holds.
+    let mut entries: std::collections::HashMap<Vec<u8>, Vec<Document>> = Default::default();
+    for e in latest {
+        if let Some(id) = e.get("_id") {
+            entries
+                .entry(super::catch_up::key_of(id))
+                .or_default()
+                .push(e);
+        }
+    }
+    if entries.is_empty() {
+        return Ok(stats);
+    }
+    let owned: Vec<Bson> = entries
+        .values()
+        .filter_map(|e| e.first()?.get("_id").cloned())
+        .collect();
+    let coll = db.collection::<Document>(&spec.collection);
+    let projection = projection(&spec.fields);
+    let current: Vec<Document> = with_retry("re-reading written documents", stop, || async {
+        coll.find(doc! { "_id": { "$in": owned.clone() } })
+            .projection(projection.clone())
+            .await?
+            .try_collect()
+            .await
+    })
+    .await?;
+    let mut planned = Vec::new();
+    for doc in current {
+        let Some(id) = doc.get("_id").cloned() else {
+            continue;
+        };
+        let Some(candidates) = entries.get(&super::catch_up::key_of(&id)) else {
+            continue;
+        };
+        let Some(entry) = candidates.iter().find(|e| {
+            let after = e.get_document("after").cloned().unwrap_or_default();
+            already_applied(&doc, &after, &strings_of(e, "removed"))
+        }) else {
+            continue; // the application changed a written field: its value now
+        };
+        let after = entry.get_document("after").cloned().unwrap_or_default();
+        let removed = strings_of(entry, "removed");
+        // The inputs as they are now, with the written fields as before the migration wrote.
+        let mut inputs = doc.clone();
+        if let Ok(before) = entry.get_document("before") {
+            for (k, v) in before {
+                inputs.insert(k.clone(), v.clone());
+            }
+        }
+        for k in strings_of(entry, "absent") {
+            inputs.remove(&k);
+        }
+        let (set, unset) = match transform(&inputs) {
+            Change::Invalid(reason) => {
+                stats.note_invalid(&id, reason);
+                continue;
+            }
+            Change::Unchanged => (Document::new(), Vec::new()),
+            Change::Update { set, unset } => (set, unset),
+        };
+        // What the document should hold for its current inputs, over every field written.
+        let mut desired = inputs.clone();
+        for (k, v) in &set {
+            desired.insert(k.clone(), v.clone());
+        }
+        for k in &unset {
+            desired.remove(k);
+        }
+        let mut target_set = Document::new();
+        let mut target_unset = Vec::new();
+        for key in after.keys().chain(set.keys()).chain(removed.iter()) {
+            if target_set.contains_key(key) || target_unset.contains(key) {
+                continue;
+            }
+            match desired.get(key) {
+                Some(v) => {
+                    target_set.insert(key.clone(), v.clone());
+                }
+                None => target_unset.push(key.clone()),
+            }
+        }
+        if already_applied(&doc, &target_set, &target_unset) {
+            continue;
+        }
+        let mut guard = doc! { "_id": id.clone() };
+        for f in &spec.fields {
+            guard.insert(f.clone(), field_guard(doc.get(f)));
+        }
+        planned.push(Planned {
+            id,
+            guard,
+            set: target_set,
+            unset: target_unset,
+            before: doc,
+        });
+    }
+    stats.scanned = planned.len() as u64;
+    if planned.is_empty() {
+        return Ok(stats);
+    }
+    let chunk = doc! {
+        "migration": migration,
+        "collection": &spec.collection,
+        "createdAt": DateTime::now(),
+        "entries": planned.iter().map(|p| Bson::Document(before_image(p))).collect::<Vec<_>>(),
+    };
+    with_retry("saving before-images", stop, || {
+        images.insert_one(chunk.clone())
+    })
+    .await?;
+    let statements: Vec<Document> = planned.iter().map(statement).collect();
+    let result = update_command(db, &spec.collection, statements, stop).await?;
+    if !result.errors.is_empty() {
+        return Err(result.into_error(&spec.collection));
+    }
+    stats.modified = result.modified;
+    // A guard that failed: the application wrote it again, and its event brings it back.
+    stats.conflicts = (planned.len() as u64).saturating_sub(result.matched);
+    Ok(stats)
+}
+
+fn strings_of(entry: &Document, key: &str) -> Vec<String> {
+    entry
+        .get_array(key)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
 }

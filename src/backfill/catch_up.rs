@@ -1,0 +1,305 @@
+//! Catch-up from the change stream: documents the application changes while a backfill runs.
+//!
+//! The scan reads each document once. A document the application changes after the scan passed
+//! it (its earnings go from 0 to positive, a field is removed, a user is inserted) can become a
+//! candidate again, and the run would end with it unmigrated. So before the scan starts, a change
+//! stream is opened on the collection, matching only the events that can make a document a
+//! candidate. A background task collects the `_id`s of those events; the driver loop takes them
+//! between batches and runs them through the same guarded write and before-images as the scan's
+//! own batches (those still ahead of the scan too: its cursor may already hold them as they were).
+//!
+//! The stream's resume token is saved with every checkpoint, but only the token of events whose
+//! catch-up is written: a resumed run replays every event it has not finished. When the token is
+//! gone from the oplog, or the deployment has no change streams, the run falls back to passes
+//! over the candidates after the scan (see `settle`).
+
+use crate::error::{Error, Result};
+use mongodb::bson::{doc, Bson, Document, Timestamp};
+use mongodb::change_stream::event::{ChangeStreamEvent, ResumeToken};
+use mongodb::change_stream::ChangeStream;
+use mongodb::Collection;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+/// How long one `getMore` on the stream waits for events: short, so a drain ends quickly on a
+/// quiet collection (an empty batch proves every earlier event was delivered).
+const AWAIT: Duration = Duration::from_millis(100);
+/// A drain that sees no empty batch within this long (the application never pauses) stops at
+/// the first event after the scan's end time, or gives up here and leaves the rest to the
+/// post-condition rounds.
+const DRAIN_LIMIT: Duration = Duration::from_secs(60);
+
+/// How a backfill catches up with concurrent writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CatchUpMode {
+    /// From the change stream when the deployment has one, else by passes.
+    #[default]
+    Auto,
+    /// Passes over the candidates after the scan, without a change stream.
+    Passes,
+    /// No catch-up at all: only for a collection nothing else writes during the run (a
+    /// maintenance window). A concurrent write can then be missed.
+    Off,
+}
+
+impl std::str::FromStr for CatchUpMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" | "stream" => Ok(CatchUpMode::Auto),
+            "passes" => Ok(CatchUpMode::Passes),
+            "off" => Ok(CatchUpMode::Off),
+            other => Err(format!(
+                "{other:?} is not a catch-up mode (auto, passes, off)"
+            )),
+        }
+    }
+}
+
+/// What the stream should report: inserts and replacements, updates that set one of `updated`,
+/// and updates that remove one of `removed`. Only `_id`s travel.
+pub fn pipeline(updated: &[String], removed: &[String]) -> Vec<Document> {
+    let mut either = vec![doc! { "operationType": { "$in": ["insert", "replace"] } }];
+    for f in updated {
+        either.push(doc! {
+            "operationType": "update",
+            format!("updateDescription.updatedFields.{f}"): { "$exists": true },
+        });
+    }
+    if !removed.is_empty() {
+        either.push(doc! {
+            "operationType": "update",
+            "updateDescription.removedFields": { "$in": removed.to_vec() },
+        });
+    }
+    vec![
+        doc! { "$match": { "$or": either } },
+        doc! { "$project": { "operationType": 1, "documentKey": 1, "clusterTime": 1 } },
+    ]
+}
+
+/// Ids collected from the stream and the token that covers them.
+#[derive(Default)]
+struct Shared {
+    ids: Vec<Bson>,
+    seen: HashSet<Vec<u8>>,
+    /// Resume token after the last event in `ids` (or the stream's high-water mark when idle).
+    token: Option<ResumeToken>,
+    /// Cluster time of the last event read.
+    last_event_time: Option<Timestamp>,
+    /// `getMore`s that came back empty: every event before them was delivered.
+    empty_batches: u64,
+    /// Events read in all.
+    events: u64,
+    /// When the last event was read.
+    last_event_at: Option<Instant>,
+    /// Why the stream stopped, if it did.
+    failed: Option<String>,
+}
+
+/// The `_id`s changed since a token, with the token to save once they are written.
+pub struct Taken {
+    /// Changed documents, each once.
+    pub ids: Vec<Bson>,
+    /// Covers every event behind `ids`.
+    pub token: Option<ResumeToken>,
+}
+
+/// A running change stream on the backfill's collection.
+pub struct Watcher {
+    shared: Arc<Mutex<Shared>>,
+    task: JoinHandle<()>,
+}
+
+/// Why opening the stream failed: no change streams here, or the token left the oplog.
+#[derive(Debug)]
+pub struct Unavailable(pub String);
+
+impl Watcher {
+    /// Opens the stream (from `token` when resuming) and starts collecting.
+    pub async fn open(
+        coll: &Collection<Document>,
+        pipeline: Vec<Document>,
+        token: Option<ResumeToken>,
+    ) -> std::result::Result<Watcher, Unavailable> {
+        let stream = coll.watch().pipeline(pipeline).max_await_time(AWAIT);
+        let stream = match token.clone() {
+            Some(t) => stream.resume_after(t).await,
+            None => stream.await,
+        };
+        let mut stream = stream.map_err(|e| Unavailable(short(&e)))?;
+        // The first getMore proves the token is still in the oplog (a lost token fails here).
+        let first = stream
+            .next_if_any()
+            .await
+            .map_err(|e| Unavailable(short(&e)))?;
+        let shared = Arc::new(Mutex::new(Shared {
+            token: stream.resume_token().or(token),
+            ..Default::default()
+        }));
+        if let Some(event) = first {
+            record(&shared, &event, stream.resume_token());
+        }
+        let task = tokio::spawn(collect(stream, shared.clone()));
+        Ok(Watcher { shared, task })
+    }
+
+    /// The ids collected so far, and the token covering them.
+    pub fn take(&self) -> Result<Taken> {
+        let mut s = lock(&self.shared);
+        if let Some(why) = &s.failed {
+            return Err(Error::Config(format!(
+                "the change stream stopped: {why}; run `migrate up --resume`, which catches up from the saved token or by passes"
+            )));
+        }
+        s.seen.clear();
+        Ok(Taken {
+            ids: std::mem::take(&mut s.ids),
+            token: s.token.clone(),
+        })
+    }
+
+    /// Whether the application wrote to the collection within `window`.
+    pub fn live_within(&self, window: Duration) -> bool {
+        lock(&self.shared)
+            .last_event_at
+            .is_some_and(|t| t.elapsed() < window)
+    }
+
+    /// Events read so far.
+    pub fn events(&self) -> u64 {
+        lock(&self.shared).events
+    }
+
+    /// Waits until every event up to the cluster time `until` was read: an empty batch fetched
+    /// after this call, or an event later than `until`. Gives up after [`DRAIN_LIMIT`].
+    pub async fn drain(&self, until: Option<Timestamp>) -> Result<()> {
+        let start = lock(&self.shared).empty_batches;
+        let begun = Instant::now();
+        loop {
+            {
+                let s = lock(&self.shared);
+                if let Some(why) = &s.failed {
+                    return Err(Error::Config(format!("the change stream stopped: {why}")));
+                }
+                // Two empty batches: the second getMore began after this call.
+                if s.empty_batches >= start + 2 {
+                    return Ok(());
+                }
+                if let (Some(until), Some(last)) = (until, s.last_event_time) {
+                    if (last.time, last.increment) > (until.time, until.increment) {
+                        return Ok(());
+                    }
+                }
+            }
+            if begun.elapsed() > DRAIN_LIMIT {
+                warn!("the change stream did not drain within {DRAIN_LIMIT:?}; the post-condition rounds take the rest");
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn short(e: &mongodb::error::Error) -> String {
+    match e.kind.as_ref() {
+        mongodb::error::ErrorKind::Command(c) => format!("{} ({})", c.message, c.code_name),
+        _ => e.to_string(),
+    }
+}
+
+type Event = ChangeStreamEvent<Document>;
+
+fn record(shared: &Mutex<Shared>, event: &Event, token: Option<ResumeToken>) {
+    let mut s = lock(shared);
+    s.events += 1;
+    s.last_event_at = Some(Instant::now());
+    if let Some(t) = event.cluster_time {
+        s.last_event_time = Some(t);
+    }
+    if let Some(id) = event.document_key.as_ref().and_then(|k| k.get("_id")) {
+        let key = key_of(id);
+        if s.seen.insert(key) {
+            s.ids.push(id.clone());
+        }
+    }
+    if token.is_some() {
+        s.token = token;
+    }
+}
+
+/// The bytes of an `_id`, for de-duplication (`Bson` is not `Hash`).
+pub fn key_of(id: &Bson) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = doc! { "k": id.clone() }.to_writer(&mut out);
+    out
+}
+
+async fn collect(mut stream: ChangeStream<Event>, shared: Arc<Mutex<Shared>>) {
+    let mut failures = 0u32;
+    loop {
+        match stream.next_if_any().await {
+            Ok(Some(event)) => {
+                failures = 0;
+                record(&shared, &event, stream.resume_token());
+            }
+            Ok(None) => {
+                failures = 0;
+                let mut s = lock(&shared);
+                s.empty_batches += 1;
+                // Idle: the high-water mark moves past events that did not match.
+                if s.ids.is_empty() {
+                    if let Some(t) = stream.resume_token() {
+                        s.token = Some(t);
+                    }
+                }
+            }
+            Err(e) => {
+                // The driver already resumed once on resumable errors; a few more tries cover a
+                // failover, then the run stops with its checkpoint (and the token) saved.
+                failures += 1;
+                if failures > 5 || !super::retry::is_transient(&e) {
+                    lock(&shared).failed = Some(short(&e));
+                    return;
+                }
+                debug!(error = %e, "change stream error; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(failures))).await;
+            }
+        }
+    }
+}
+
+/// The server's current cluster time, read from a command reply (`None` on a server that does
+/// not report one; the drain then relies on an empty batch alone).
+pub async fn cluster_time(db: &mongodb::Database) -> Option<Timestamp> {
+    let reply = db.run_command(doc! { "ping": 1 }).await.ok()?;
+    reply.get_timestamp("operationTime").ok().or_else(|| {
+        reply
+            .get_document("$clusterTime")
+            .ok()
+            .and_then(|c| c.get_timestamp("clusterTime").ok())
+    })
+}
+
+/// The token as stored in a checkpoint.
+pub fn token_to_bson(token: &ResumeToken) -> Option<Bson> {
+    mongodb::bson::to_bson(token).ok()
+}
+
+/// The token read back from a checkpoint.
+pub fn token_from_bson(value: &Bson) -> Option<ResumeToken> {
+    mongodb::bson::from_bson(value.clone()).ok()
+}

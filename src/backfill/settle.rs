@@ -1,0 +1,310 @@
+//! Catch-up work and the rounds after the scan.
+//!
+//! Documents named by change events are read again (only those still candidates) and written by
+//! the same guarded write, with before-images, as the scan's batches. After the scan and the
+//! stream's drain, rounds over the candidate filter find what is still left (writes the stream
+//! does not report, writes that landed during the drain, or everything the application changed
+//! when there is no stream) and write it, until a round finds nothing.
+//!
+//! With a stream, a round also ends the run when every document it found was changed by the
+//! application while the round ran: as of the round's start nothing was left, which is the most a
+//! check can say of a collection that never stops changing.
+
+use super::catch_up::{key_of, Watcher};
+use super::checkpoint::{to_checkpoint, Stats};
+use super::retry::with_retry;
+use super::scan::Position;
+use super::spec::{Backfill, CatchUp, Change, Transform};
+use super::write::{and, client_batch, projection, recompute_owned, server_batch, Scope};
+use crate::error::{Error, Result};
+use crate::migration::Context;
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Bson, Document};
+use std::collections::HashSet;
+use tracing::{info, warn};
+
+/// Rounds over the candidates before the run gives up (each finds what the previous one's
+/// duration let the application change).
+pub const MAX_ROUNDS: u64 = 8;
+
+/// Transforms and writes the documents named by `ids` that are still candidates.
+pub async fn process_ids(ctx: &Context, spec: &Backfill, ids: Vec<Bson>) -> Result<Stats> {
+    let options = ctx.options();
+    // The application is writing these very documents: guarded per document.
+    let mut spec = spec.clone();
+    spec.fast_path = None;
+    let spec = &spec;
+    let mut stats = Stats::default();
+    for chunk in ids.chunks(options.batch_size.max(1)) {
+        let part = match &spec.transform {
+            Transform::Server(updates) => {
+                server_batch(
+                    ctx.db(),
+                    spec,
+                    updates,
+                    Scope::Ids(chunk),
+                    options.dry_run,
+                    ctx.stop(),
+                )
+                .await?
+            }
+            Transform::Client(_) => {
+                let coll = ctx.db().collection::<Document>(&spec.collection);
+                let filter = and(vec![
+                    doc! { "_id": { "$in": chunk.to_vec() } },
+                    spec.filter.clone(),
+                ]);
+                let projection = projection(&spec.fields);
+                let docs: Vec<Document> =
+                    with_retry("re-reading changed documents", ctx.stop(), || async {
+                        coll.find(filter.clone())
+                            .projection(projection.clone())
+                            .await?
+                            .try_collect()
+                            .await
+                    })
+                    .await?;
+                // The others are no longer candidates; those this run wrote follow their inputs.
+                let found: HashSet<Vec<u8>> = docs
+                    .iter()
+                    .filter_map(|d| d.get("_id").map(key_of))
+                    .collect();
+                let others: Vec<Bson> = chunk
+                    .iter()
+                    .filter(|id| !found.contains(&key_of(id)))
+                    .cloned()
+                    .collect();
+                let mut part = process_docs(ctx, spec, docs).await?;
+                if let (Transform::Client(transform), false) = (&spec.transform, options.dry_run) {
+                    part.absorb(
+                        recompute_owned(ctx.db(), spec, transform, ctx.name(), others, ctx.stop())
+                            .await?,
+                    );
+                }
+                part
+            }
+        };
+        stats.absorb(part);
+    }
+    Ok(stats)
+}
+
+/// Transforms and writes documents already read (with the spec's projection).
+async fn process_docs(ctx: &Context, spec: &Backfill, docs: Vec<Document>) -> Result<Stats> {
+    let Transform::Client(transform) = &spec.transform else {
+        unreachable!("server transforms are written by _id");
+    };
+    if docs.is_empty() {
+        return Ok(Stats::default());
+    }
+    let options = ctx.options();
+    client_batch(
+        ctx.db(),
+        spec,
+        transform,
+        docs,
+        ctx.name(),
+        options.dry_run,
+        options.fail_on_invalid,
+        ctx.stop(),
+    )
+    .await
+}
+
+/// Rounds over the candidates after the scan: write what is left until a round finds nothing
+/// (or, with a stream, only documents the application changed during the round). The checkpoint
+/// (at the scan's end, `done`) is saved after each round.
+pub async fn rounds(
+    ctx: &Context,
+    spec: &Backfill,
+    catch_up: &CatchUp,
+    watcher: Option<&Watcher>,
+    stats: &mut Stats,
+    done: &Position,
+    mut token: Option<Bson>,
+) -> Result<()> {
+    let coll = ctx.db().collection::<Document>(&spec.collection);
+    let filter = and(vec![spec.filter.clone(), catch_up.pending.clone()]);
+    let projection = projection(&spec.fields);
+    let batch = ctx.options().batch_size.max(1);
+    for round in 1..=MAX_ROUNDS {
+        stats.catch_up.rounds += 1;
+        let mut cursor = with_retry("looking for candidates left", ctx.stop(), || {
+            coll.find(filter.clone()).projection(projection.clone())
+        })
+        .await?;
+        let mut found: Vec<Bson> = Vec::new();
+        let mut chunk: Vec<Document> = Vec::new();
+        loop {
+            let next = cursor
+                .try_next()
+                .await
+                .map_err(Error::db("looking for candidates left"))?;
+            let end = next.is_none();
+            if let Some(doc) = next {
+                if needs_change(spec, &doc) {
+                    found.push(doc.get("_id").cloned().unwrap_or(Bson::Null));
+                    chunk.push(doc);
+                }
+            }
+            if chunk.len() >= batch || (end && !chunk.is_empty()) {
+                let docs = std::mem::take(&mut chunk);
+                let part = match &spec.transform {
+                    Transform::Server(_) => {
+                        let ids: Vec<Bson> =
+                            docs.iter().filter_map(|d| d.get("_id").cloned()).collect();
+                        process_ids(ctx, spec, ids).await?
+                    }
+                    Transform::Client(_) => process_docs(ctx, spec, docs).await?,
+                };
+                stats.absorb_catch_up(part);
+            }
+            if end {
+                break;
+            }
+        }
+        if watcher.is_none() {
+            // Without a stream nothing says which written documents the application changed
+            // since: every one is looked at again.
+            let rewritten = owned_pass(ctx, spec, stats).await?;
+            found.extend(rewritten);
+        }
+        if found.is_empty() {
+            info!(
+                migration = ctx.name(),
+                round, "no candidate left after the scan"
+            );
+            return Ok(());
+        }
+        info!(
+            migration = ctx.name(),
+            round,
+            left = found.len(),
+            "candidates left after the scan written"
+        );
+        if let Some(watcher) = watcher {
+            // Which of them did the application change while this round ran?
+            watcher
+                .drain(super::catch_up::cluster_time(ctx.db()).await)
+                .await?;
+            let taken = watcher.take()?;
+            let changed: HashSet<Vec<u8>> = taken.ids.iter().map(key_of).collect();
+            let explained = found.iter().all(|id| changed.contains(&key_of(id)));
+            let part = process_ids(ctx, spec, taken.ids).await?;
+            stats.absorb_catch_up(part);
+            stats.catch_up.events = watcher.events();
+            token = taken
+                .token
+                .as_ref()
+                .and_then(super::catch_up::token_to_bson)
+                .or(token);
+            save(ctx, done, stats, token.as_ref()).await?;
+            if explained {
+                info!(
+                    migration = ctx.name(),
+                    round, "every candidate left was changed by the application during the round"
+                );
+                return Ok(());
+            }
+        } else {
+            save(ctx, done, stats, token.as_ref()).await?;
+        }
+        if round == MAX_ROUNDS {
+            let left = found.len();
+            let samples: Vec<Bson> = found.into_iter().take(5).collect();
+            warn!(migration = ctx.name(), "candidates keep appearing");
+            return Err(Error::migration(
+                ctx.name(),
+                format!(
+                    "after {MAX_ROUNDS} rounds {left} document(s) of {} still needed the change, e.g. {}: something keeps writing them; run `migrate up` again when it is quieter",
+                    spec.collection,
+                    Bson::Array(samples).into_relaxed_extjson()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Passes over every document this migration wrote (from its before-images), recomputing those
+/// whose inputs changed; returns the `_id`s rewritten.
+async fn owned_pass(ctx: &Context, spec: &Backfill, stats: &mut Stats) -> Result<Vec<Bson>> {
+    let Transform::Client(transform) = &spec.transform else {
+        return Ok(Vec::new());
+    };
+    if !spec.before_images || ctx.dry_run() {
+        return Ok(Vec::new());
+    }
+    let images = ctx.db().collection::<Document>(super::BEFORE_IMAGES);
+    let mut cursor = with_retry("reading before-images", ctx.stop(), || {
+        images.aggregate(vec![
+            doc! { "$match": { "migration": ctx.name() } },
+            doc! { "$unwind": "$entries" },
+            doc! { "$project": { "_id": "$entries._id" } },
+        ])
+    })
+    .await?;
+    let batch = ctx.options().batch_size.max(1);
+    let mut rewritten = Vec::new();
+    let mut ids = Vec::new();
+    loop {
+        let next = cursor
+            .try_next()
+            .await
+            .map_err(Error::db("reading before-images"))?;
+        let end = next.is_none();
+        if let Some(id) = next.and_then(|d| d.get("_id").cloned()) {
+            ids.push(id);
+        }
+        if ids.len() >= batch || (end && !ids.is_empty()) {
+            let chunk = std::mem::take(&mut ids);
+            let part = recompute_owned(
+                ctx.db(),
+                spec,
+                transform,
+                ctx.name(),
+                chunk.clone(),
+                ctx.stop(),
+            )
+            .await?;
+            if part.modified > 0 {
+                // Which ones is not reported by the write; the chunk stands for them.
+                rewritten.extend(chunk.into_iter().take(part.modified as usize));
+            }
+            stats.absorb_catch_up(part);
+        }
+        if end {
+            return Ok(rewritten);
+        }
+    }
+}
+
+async fn save(ctx: &Context, done: &Position, stats: &Stats, token: Option<&Bson>) -> Result<()> {
+    if ctx.dry_run() {
+        return Ok(());
+    }
+    ctx.save_checkpoint(to_checkpoint(done, stats, token)).await
+}
+
+/// Whether a candidate read by a round still needs the change (an invalid or already migrated
+/// document stays a candidate by the filter, but is not work left).
+fn needs_change(spec: &Backfill, doc: &Document) -> bool {
+    match &spec.transform {
+        Transform::Server(_) => true,
+        Transform::Client(transform) => match transform(doc) {
+            Change::Update { set, unset } => {
+                !(set.iter().all(|(k, v)| same(doc.get(k), v))
+                    && unset.iter().all(|k| !doc.contains_key(k)))
+            }
+            Change::Unchanged | Change::Invalid(_) => false,
+        },
+    }
+}
+
+fn same(current: Option<&Bson>, target: &Bson) -> bool {
+    match (current, target) {
+        (Some(Bson::Double(a)), Bson::Double(b)) => a.to_bits() == b.to_bits(),
+        (Some(a), b) => a == b,
+        (None, _) => false,
+    }
+}

@@ -1,0 +1,626 @@
+//! Backfills on a live collection: the application keeps writing while `migrate up` runs.
+//!
+//! A writer task changes `affiliateEarnings` of random users (many from 0 to positive, the case
+//! the scan alone misses) while the `migrate` binary runs 003. Afterwards every user with valid
+//! earnings must hold exactly the balance the rounding rule gives for their current earnings, and
+//! `rollback` must put every user's withdrawal fields back to what they were before 003. Also:
+//! SIGKILL during the scan and during the drain, the catch-up by passes, rollback of a failed
+//! 003, every `_id` type, and values the server cannot compute.
+
+mod common;
+
+use common::{fresh_db, read, text, TestDb};
+use mongo_migrate::money::{classify, Earnings};
+use mongodb::bson::{doc, spec::BinarySubtype, Binary, Bson, Document};
+use std::collections::HashMap;
+use std::process::{Child, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const M001: &str = "001_add_withdrawal_fields_to_users";
+const M002: &str = "002_create_withdrawal_indexes";
+const M003: &str = "003_migrate_existing_user_balances";
+const FIELDS: [&str; 3] = [
+    "withdrawableBalance",
+    "totalWithdrawn",
+    "pendingWithdrawals",
+];
+/// Users of the live trials: enough for a scan of several seconds at the throttle below.
+const USERS: i64 = 8_000;
+/// The throttle that keeps the scan running long enough for the writer to overlap it.
+const RATE: &str = "4000";
+
+/// splitmix64: deterministic data.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// Users with integer `_id`s: 40% without earnings (0, missing or null), the rest with amounts
+/// of several numeric types, 5% whose balance the application already moved.
+fn users(n: i64, seed: u64) -> Vec<Document> {
+    let mut rng = Rng(seed);
+    (0..n)
+        .map(|i| {
+            let mut d = doc! { "_id": i, "name": format!("user {i}") };
+            match rng.next() % 10 {
+                0..=2 => {
+                    d.insert("affiliateEarnings", 0.0);
+                }
+                3 => {}
+                4 => {
+                    d.insert("affiliateEarnings", (rng.next() % 100_000) as i32 + 100);
+                }
+                _ => {
+                    d.insert(
+                        "affiliateEarnings",
+                        (rng.next() % 10_000_000 + 100) as f64 / 100.0,
+                    );
+                }
+            }
+            if rng.next() % 20 == 0 {
+                d.insert("withdrawableBalance", 12.5);
+                d.insert("totalWithdrawn", 3);
+                d.insert("pendingWithdrawals", 0);
+            }
+            d
+        })
+        .collect()
+}
+
+async fn load(t: &TestDb, docs: &[Document]) {
+    let coll = t.db.collection::<Document>("users");
+    for chunk in docs.chunks(10_000) {
+        coll.insert_many(chunk.to_vec()).await.unwrap();
+    }
+}
+
+fn bytes(d: &Document) -> Vec<u8> {
+    let mut out = Vec::new();
+    d.to_writer(&mut out).unwrap();
+    out
+}
+
+/// The withdrawal fields of every user, by `_id` (extended JSON, type-exact).
+async fn withdrawal_fields(t: &TestDb) -> HashMap<String, Document> {
+    t.all("users")
+        .await
+        .into_iter()
+        .map(|u| {
+            let mut fields = Document::new();
+            for f in FIELDS {
+                if let Some(v) = u.get(f) {
+                    fields.insert(f, v.clone());
+                }
+            }
+            (id_key(u.get("_id").unwrap()), fields)
+        })
+        .collect()
+}
+
+fn id_key(id: &Bson) -> String {
+    bytes(&doc! { "id": id.clone() })
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Every user untouched before 003 (all three fields 0) holds the rule's balance for its
+/// current earnings (or, invalid, what it had); every other user holds what it had.
+async fn assert_balances_follow_current_earnings(t: &TestDb, before: &HashMap<String, Document>) {
+    let mut wrong = Vec::new();
+    for user in t.all("users").await {
+        let id = user.get("_id").unwrap().clone();
+        let was = &before[&id_key(&id)];
+        let untouched = FIELDS.iter().all(|f| {
+            matches!(was.get(f), Some(Bson::Int32(0)) | Some(Bson::Int64(0)))
+                || was.get(f) == Some(&Bson::Double(0.0))
+        });
+        let mut expected = was.clone();
+        if untouched {
+            if let Earnings::Half(half) = classify(user.get("affiliateEarnings")) {
+                expected.insert("withdrawableBalance", half);
+            }
+        }
+        let mut actual = Document::new();
+        for f in FIELDS {
+            if let Some(v) = user.get(f) {
+                actual.insert(f, v.clone());
+            }
+        }
+        if bytes(&actual) != bytes(&expected) {
+            wrong.push(format!("{user} expected {expected}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} user(s) do not hold the balance of their current earnings; first: {}",
+        wrong.len(),
+        wrong[0]
+    );
+}
+
+/// Rollback put every user's withdrawal fields back exactly.
+async fn assert_fields_restored(t: &TestDb, before: &HashMap<String, Document>) {
+    let now = withdrawal_fields(t).await;
+    let wrong: Vec<_> = before
+        .iter()
+        .filter(|(id, fields)| now.get(*id).map(bytes) != Some(bytes(fields)))
+        .map(|(id, fields)| format!("{id}: {fields} now {:?}", now.get(id)))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} user(s) not restored; first: {}",
+        wrong.len(),
+        wrong[0]
+    );
+}
+
+/// Sets `affiliateEarnings` of random users to positive amounts until stopped.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    writes: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(t: &TestDb, seed: u64) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writes = Arc::new(AtomicU64::new(0));
+        let coll = t.db.collection::<Document>("users");
+        let (s, w) = (stop.clone(), writes.clone());
+        let task = tokio::spawn(async move {
+            let mut rng = Rng(seed);
+            while !s.load(Ordering::Relaxed) {
+                let id = (rng.next() % USERS as u64) as i64;
+                let amount = (rng.next() % 5_000_000 + 100) as f64 / 100.0;
+                coll.update_one(
+                    doc! { "_id": id },
+                    doc! { "$set": { "affiliateEarnings": amount } },
+                )
+                .await
+                .unwrap();
+                w.fetch_add(1, Ordering::Relaxed);
+                // About 500 writes a second: every user changes every few seconds.
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+        Writer { stop, writes, task }
+    }
+
+    async fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        self.writes.load(Ordering::Relaxed)
+    }
+}
+
+/// A `migrate` process in the background; killed if the test fails first.
+struct Running(Option<Child>);
+
+impl Running {
+    fn start(t: &TestDb, args: &[&str]) -> Running {
+        let child = t
+            .migrate_cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start migrate");
+        Running(Some(child))
+    }
+
+    async fn output(mut self) -> Output {
+        let child = self.0.take().unwrap();
+        tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap()
+    }
+
+    async fn kill(mut self) -> Output {
+        self.0.as_mut().unwrap().kill().unwrap();
+        self.output().await
+    }
+
+    /// Polls `ready` until it holds; false if the process ended first.
+    async fn wait_until(&mut self, mut ready: impl AsyncFnMut() -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            if ready().await {
+                return true;
+            }
+            if self.0.as_mut().unwrap().try_wait().unwrap().is_some() {
+                return false;
+            }
+            assert!(Instant::now() < deadline, "timed out");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn migrate(t: &TestDb, args: &[&str]) -> Output {
+    let mut cmd = t.migrate_cmd(args);
+    tokio::task::spawn_blocking(move || cmd.output().expect("run migrate"))
+        .await
+        .unwrap()
+}
+
+async fn checkpoint(t: &TestDb) -> Option<Document> {
+    t.record(M003)
+        .await
+        .and_then(|r| r.get_document("checkpoint").ok().cloned())
+}
+
+async fn scanned(t: &TestDb) -> i64 {
+    checkpoint(t)
+        .await
+        .and_then(|cp| cp.get_i64("scanned").ok())
+        .unwrap_or(0)
+}
+
+/// The scan has finished (its checkpoint is past the last bracket).
+async fn scan_finished(t: &TestDb) -> bool {
+    checkpoint(t)
+        .await
+        .is_some_and(|cp| cp.get_i32("bracket").unwrap_or(0) >= 12)
+}
+
+fn caught_up(t: &Document) -> Document {
+    t.get_document("result")
+        .unwrap()
+        .get_document("caughtUp")
+        .unwrap()
+        .clone()
+}
+
+/// A database with the users loaded and 001 and 002 applied; returns the withdrawal fields as
+/// 003 finds them.
+async fn prepared(tag: &str, seed: u64) -> (TestDb, HashMap<String, Document>) {
+    let t = fresh_db(tag).await;
+    load(&t, &users(USERS, seed)).await;
+    let out = migrate(&t, &["up", "--to", "2", "--no-progress"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let before = withdrawal_fields(&t).await;
+    (t, before)
+}
+
+/// When the writer stops.
+#[derive(Clone, Copy)]
+enum StopWriter {
+    /// Half-way through the scan.
+    MidScan,
+    /// When the scan has read everything.
+    ScanEnd,
+}
+
+/// 003 with the writer running, then rollback; both exact.
+async fn trial(
+    tag: &str,
+    seed: u64,
+    batch: &str,
+    concurrency: &str,
+    until: StopWriter,
+    extra: &[&str],
+) {
+    let (t, before) = prepared(tag, seed).await;
+    let writer = Writer::start(&t, seed ^ 0xABCD);
+    let mut args = vec![
+        "up",
+        "--batch-size",
+        batch,
+        "--concurrency",
+        concurrency,
+        "--max-docs-per-sec",
+        RATE,
+        "--no-progress",
+    ];
+    args.extend_from_slice(extra);
+    let mut run = Running::start(&t, &args);
+    match until {
+        StopWriter::MidScan => {
+            run.wait_until(async || scanned(&t).await >= USERS / 2)
+                .await;
+        }
+        StopWriter::ScanEnd => {
+            run.wait_until(async || scan_finished(&t).await).await;
+        }
+    }
+    let writes = writer.stop().await;
+    let out = run.output().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(writes > 100, "the writer wrote only {writes} times");
+    assert_balances_follow_current_earnings(&t, &before).await;
+    let record = t.record(M003).await.unwrap();
+    let caught = caught_up(&record);
+    assert!(
+        caught.get_i64("modified").unwrap() > 0,
+        "nothing was caught up: {caught}"
+    );
+
+    let out = migrate(&t, &["rollback", "--yes"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_fields_restored(&t, &before).await;
+    t.db.drop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_writer_during_the_scan_ends_exact_and_rollback_restores_it() {
+    trial("live1", 1, "200", "1", StopWriter::MidScan, &[]).await;
+    trial("live2", 2, "500", "4", StopWriter::MidScan, &[]).await;
+    trial("live3", 3, "1000", "2", StopWriter::MidScan, &[]).await;
+}
+
+#[tokio::test]
+async fn a_writer_until_the_end_of_the_scan_ends_exact_and_rollback_restores_it() {
+    trial("liveend", 4, "300", "3", StopWriter::ScanEnd, &[]).await;
+}
+
+#[tokio::test]
+async fn catch_up_by_passes_reaches_the_same_state() {
+    trial(
+        "passes",
+        5,
+        "400",
+        "2",
+        StopWriter::ScanEnd,
+        &["--catch-up", "passes"],
+    )
+    .await;
+}
+
+/// Killed at `kill_when`, resumed with the writer still running until the scan's end.
+async fn killed_trial(tag: &str, seed: u64, during_drain: bool) {
+    let (t, before) = prepared(tag, seed).await;
+    let writer = Writer::start(&t, seed ^ 0x1234);
+    let args = [
+        "up",
+        "--batch-size",
+        "250",
+        "--concurrency",
+        "3",
+        "--max-docs-per-sec",
+        RATE,
+        "--no-progress",
+    ];
+    let mut run = Running::start(&t, &args);
+    let log = t.log_file();
+    let reached = if during_drain {
+        run.wait_until(async || {
+            read(&log).contains(&format!(
+                "scan finished; catching up with concurrent writes migration=\"{M003}\""
+            ))
+        })
+        .await
+    } else {
+        run.wait_until(async || scanned(&t).await >= USERS / 3)
+            .await
+    };
+    assert!(reached, "migrate ended before it could be killed");
+    run.kill().await;
+    assert_eq!(t.status(M003).await, "running");
+    let token_saved = checkpoint(&t)
+        .await
+        .is_some_and(|cp| cp.contains_key("resumeToken"));
+    assert!(token_saved, "{:?}", checkpoint(&t).await);
+
+    let mut resume = args.to_vec();
+    resume.push("--resume");
+    let mut run = Running::start(&t, &resume);
+    run.wait_until(async || scan_finished(&t).await).await;
+    writer.stop().await;
+    let out = run.output().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        read(&log).contains("change stream resumed from the saved resume token"),
+        "{}",
+        read(&log)
+    );
+    assert_balances_follow_current_earnings(&t, &before).await;
+    let out = migrate(&t, &["rollback", "--yes"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_fields_restored(&t, &before).await;
+    t.db.drop().await.unwrap();
+}
+
+#[tokio::test]
+async fn sigkill_during_the_scan_with_a_writer_resumes_from_the_token_and_ends_exact() {
+    killed_trial("killscan", 6, false).await;
+}
+
+#[tokio::test]
+async fn sigkill_during_the_drain_with_a_writer_resumes_from_the_token_and_ends_exact() {
+    killed_trial("killdrain", 7, true).await;
+}
+
+#[tokio::test]
+async fn a_failed_003_is_rolled_back_and_001_002_stay_applied() {
+    let t = fresh_db("failroll").await;
+    let mut docs = users(3000, 8);
+    for d in docs.iter_mut().skip(2500).step_by(50) {
+        d.insert("affiliateEarnings", "lots");
+    }
+    load(&t, &docs).await;
+    let out = migrate(&t, &["up", "--to", "2", "--no-progress"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let before = withdrawal_fields(&t).await;
+    let out = migrate(
+        &t,
+        &[
+            "up",
+            "--fail-on-invalid",
+            "--batch-size",
+            "200",
+            "--concurrency",
+            "1",
+            "--no-progress",
+        ],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(t.status(M003).await, "failed");
+    let changed = withdrawal_fields(&t).await;
+    assert!(
+        changed.iter().any(|(id, f)| bytes(f) != bytes(&before[id])),
+        "003 wrote nothing before failing"
+    );
+
+    let out = migrate(&t, &["rollback", "--yes"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains(M003), "{}", text(&out));
+    assert_fields_restored(&t, &before).await;
+    assert_eq!(t.status(M003).await, "rolled_back");
+    assert_eq!(t.status(M002).await, "completed");
+    assert_eq!(t.status(M001).await, "completed");
+    let history = t.record(M003).await.unwrap();
+    let last = history
+        .get_array("history")
+        .unwrap()
+        .last()
+        .unwrap()
+        .as_document()
+        .unwrap()
+        .clone();
+    assert_eq!(last.get_str("action").unwrap(), "down");
+    let images =
+        t.db.collection::<Document>("migrations_before_images")
+            .count_documents(doc! { "migration": M003 })
+            .await
+            .unwrap();
+    assert_eq!(images, 0, "before-images left behind");
+}
+
+fn bin(subtype: u8, bytes: &[u8]) -> Bson {
+    Bson::Binary(Binary {
+        subtype: BinarySubtype::from(subtype),
+        bytes: bytes.to_vec(),
+    })
+}
+
+#[tokio::test]
+async fn every_id_type_is_reached() {
+    let t = fresh_db("exoticids").await;
+    let mut ids = vec![
+        Bson::MinKey,
+        Bson::MaxKey,
+        Bson::Double(f64::NAN),
+        bin(0, &[1, 2, 3]),
+        bin(0, &[9; 16]),
+        bin(3, &[0; 16]),
+        bin(4, &[1; 16]),
+        bin(4, &[2; 16]),
+        Bson::String("alice".into()),
+        Bson::Int32(7),
+        Bson::Int64(1 << 40),
+        Bson::Double(2.5),
+        Bson::Null,
+        Bson::Boolean(true),
+    ];
+    for i in 0..20u8 {
+        ids.push(Bson::ObjectId(mongodb::bson::oid::ObjectId::from_bytes(
+            [i; 12],
+        )));
+    }
+    let docs: Vec<Document> = ids
+        .iter()
+        .map(|id| doc! { "_id": id.clone(), "affiliateEarnings": 10.0 })
+        .collect();
+    load(&t, &docs).await;
+    let out = migrate(&t, &["up", "--batch-size", "3", "--no-progress"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for user in t.all("users").await {
+        assert_eq!(
+            user.get("withdrawableBalance"),
+            Some(&Bson::Double(5.0)),
+            "{user}"
+        );
+        assert_eq!(user.get("totalWithdrawn"), Some(&Bson::Int32(0)), "{user}");
+        assert_eq!(
+            user.get("pendingWithdrawals"),
+            Some(&Bson::Int32(0)),
+            "{user}"
+        );
+    }
+    assert_eq!(t.all("users").await.len(), ids.len());
+}
+
+#[tokio::test]
+async fn tiny_earnings_and_non_numeric_balances_never_block_a_run() {
+    let t = fresh_db("oddvalues").await;
+    let docs = vec![
+        doc! { "_id": 1, "affiliateEarnings": 5e-324 },
+        doc! { "_id": 2, "affiliateEarnings": 2e-308 },
+        doc! { "_id": 3, "affiliateEarnings": 1e-300 },
+        doc! { "_id": 4, "affiliateEarnings": -0.0 },
+        doc! { "_id": 5, "affiliateEarnings": 42.0 },
+        doc! { "_id": 6, "affiliateEarnings": 42.0, "withdrawableBalance": Bson::Null, "totalWithdrawn": 0, "pendingWithdrawals": 0 },
+        doc! { "_id": 7, "affiliateEarnings": 42.0, "withdrawableBalance": "0", "totalWithdrawn": 0, "pendingWithdrawals": 0 },
+    ];
+    load(&t, &docs).await;
+    let out = migrate(&t, &["up", "--no-progress"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let users = t.all("users").await;
+    let result = t
+        .record(M003)
+        .await
+        .unwrap()
+        .get_document("result")
+        .unwrap()
+        .clone();
+    let invalid: Vec<Bson> = result
+        .get_array("invalidSamples")
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_document()?.get("_id").cloned())
+                .collect()
+        })
+        .unwrap_or_default();
+    for user in &users[..5] {
+        let id = user.get("_id").unwrap();
+        match classify(user.get("affiliateEarnings")) {
+            Earnings::Half(half) => {
+                assert_eq!(user.get("withdrawableBalance"), Some(&half), "{user}")
+            }
+            Earnings::None => assert_eq!(
+                user.get("withdrawableBalance"),
+                Some(&Bson::Int32(0)),
+                "{user}"
+            ),
+            Earnings::Invalid(_) => assert!(invalid.contains(id), "{user} not reported: {result}"),
+        }
+    }
+    // Null and "0" balances are neither migrated nor silently skipped: reported by `_id`.
+    assert_eq!(users[5].get("withdrawableBalance"), Some(&Bson::Null));
+    assert_eq!(
+        users[6].get("withdrawableBalance"),
+        Some(&Bson::String("0".into()))
+    );
+    assert!(invalid.contains(&Bson::Int32(6)), "{result}");
+    assert!(invalid.contains(&Bson::Int32(7)), "{result}");
+    let reasons = result.get_document("invalidReasons").unwrap();
+    assert!(
+        reasons.contains_key("withdrawableBalance is not a number"),
+        "{reasons}"
+    );
+    let status = migrate(&t, &["status"]).await;
+    assert!(
+        text(&status).contains("invalid e.g. _id"),
+        "{}",
+        text(&status)
+    );
+}

@@ -483,6 +483,14 @@ fn print_status(status: &[MigrationStatus], json: bool) {
                 "source changed since applied: `up` refuses until restored or --allow-drift".into()
             }
             State::Pending => m.description.clone(),
+            State::UnknownStatus => format!(
+                "status {:?} is not one this build knows: `up` refuses until the record is fixed or removed",
+                record.map(|r| r.status.as_str()).unwrap_or("?")
+            ),
+            State::Malformed => format!(
+                "cannot be read ({}): `up` refuses until the record is fixed or removed",
+                record.and_then(|r| r.error.clone()).unwrap_or_default()
+            ),
             _ => record
                 .and_then(|r| r.result.as_ref())
                 .map(summarize_result)

@@ -237,6 +237,11 @@ async fn renew(coll: Collection<Document>, token: ObjectId, lease: Duration, sto
 }
 
 impl LockGuard {
+    /// The token of this hold: the fencing token of every tracking write made under it.
+    pub fn token(&self) -> ObjectId {
+        self.token
+    }
+
     /// Stops renewing and deletes the lock (only if still ours).
     pub async fn release(self) -> Result<()> {
         self.heartbeat.abort();

@@ -33,6 +33,10 @@ pub enum State {
     RolledBack,
     /// Recorded in the database but not compiled into this binary.
     Unknown,
+    /// Its record has a status this build does not know: `up` refuses until it is fixed.
+    UnknownStatus,
+    /// Its record cannot be read (a field of the wrong type): `up` refuses until it is fixed.
+    Malformed,
 }
 
 impl State {
@@ -55,6 +59,8 @@ impl std::fmt::Display for State {
             State::RollingBack => "rolling back",
             State::RolledBack => "rolled back",
             State::Unknown => "unknown (not in this build)",
+            State::UnknownStatus => "unknown status",
+            State::Malformed => "malformed record",
         };
         f.write_str(s)
     }
@@ -165,7 +171,8 @@ impl MigrationRunner {
                     Some(status::RUNNING) => State::Running,
                     Some(status::ROLLING_BACK) => State::RollingBack,
                     Some(status::ROLLED_BACK) => State::RolledBack,
-                    Some(_) => State::Unknown,
+                    Some(status::MALFORMED) => State::Malformed,
+                    Some(_) => State::UnknownStatus,
                 };
                 MigrationStatus {
                     number: m.number,
@@ -199,6 +206,27 @@ impl MigrationRunner {
                     "--to {to:03}: no migration has that number (see `migrate status`)"
                 )));
             }
+        }
+        if let Some(m) = plan
+            .iter()
+            .find(|m| matches!(m.state, State::UnknownStatus | State::Malformed))
+        {
+            let record = m.record.as_ref();
+            let what = match m.state {
+                State::Malformed => format!(
+                    "its tracking record is malformed ({})",
+                    record.and_then(|r| r.error.clone()).unwrap_or_default()
+                ),
+                _ => format!(
+                    "its tracking record has status {:?}, which this build does not know",
+                    record.map(|r| r.status.as_str()).unwrap_or("?")
+                ),
+            };
+            return Err(Error::Refused(format!(
+                "migration {}: {what}; nothing was run. Fix the record in the `{}` collection (set `status` to \"failed\" to run it again, or \"completed\" if it is applied), or remove it",
+                m.name,
+                crate::store::TRACKING_COLLECTION
+            )));
         }
         let changed: Vec<&str> = plan
             .iter()
@@ -267,7 +295,11 @@ impl MigrationRunner {
         }
         self.store.ensure_indexes().await?;
         let lock = self.lock("up").await?;
-        let result = self.run_locked().await;
+        let result = match self.store.fence(lock.token()).await {
+            Ok(()) => self.run_locked().await,
+            Err(e) => Err(e),
+        };
+        self.store.unfence();
         release(lock).await;
         result
     }
@@ -316,9 +348,13 @@ impl MigrationRunner {
                     .await
                     .map(|_| outcome)
                     .map_err(|e| {
+                        let reason = match e {
+                            Error::Migration { reason, .. } => reason,
+                            other => other.to_string(),
+                        };
                         Error::migration(
                             registered.name,
-                            format!("post-condition not met after up: {e}"),
+                            format!("post-condition not met after up: {reason}"),
                         )
                     }),
                 Ok(outcome) => Err(Error::migration(registered.name, &outcome.message)),
@@ -419,7 +455,11 @@ impl MigrationRunner {
     pub async fn rollback_last(&self) -> Result<Applied> {
         self.store.ensure_indexes().await?;
         let lock = self.lock("rollback").await?;
-        let result = self.rollback_locked().await;
+        let result = match self.store.fence(lock.token()).await {
+            Ok(()) => self.rollback_locked().await,
+            Err(e) => Err(e),
+        };
+        self.store.unfence();
         release(lock).await;
         result
     }

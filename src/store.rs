@@ -5,7 +5,7 @@
 //! backfill checkpoint, and a `history` array that rollback never erases (the audit trail).
 
 use crate::error::{Error, Result};
-use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,8 @@ pub mod status {
     pub const ROLLING_BACK: &str = "rolling_back";
     /// Reverted by `migrate rollback`; `migrate up` applies it again.
     pub const ROLLED_BACK: &str = "rolled_back";
+    /// Not stored: marks a record that could not be read (see [`super::Store::load_all`]).
+    pub const MALFORMED: &str = "<malformed>";
 }
 
 /// Who is running: recorded on records, history entries and the lock.
@@ -97,10 +99,23 @@ pub struct Record {
 }
 
 /// Access to the tracking collection.
+///
+/// Under the lock every write is fenced: the records carry the lock's token (`lockToken`, set on
+/// all of them when the lock is taken), and each write is conditioned on it. A runner that lost
+/// the lock (paused past its lease while another took over) finds its token gone on its next
+/// write and stops at once, without touching the records.
 #[derive(Debug, Clone)]
 pub struct Store {
     coll: Collection<Document>,
     actor: Actor,
+    fence: std::sync::Arc<std::sync::RwLock<Option<ObjectId>>>,
+}
+
+/// Why a fenced write found nothing to write.
+fn fenced() -> Error {
+    Error::LockLost(
+        "another run took the lock over while this one was paused; this run stopped without touching the tracking records".into(),
+    )
 }
 
 impl Store {
@@ -109,6 +124,62 @@ impl Store {
         Store {
             coll: db.collection(TRACKING_COLLECTION),
             actor,
+            fence: Default::default(),
+        }
+    }
+
+    /// Takes the records over for the lock holding `token`: every record gets it, and every
+    /// later write of this store is conditioned on it.
+    pub async fn fence(&self, token: ObjectId) -> Result<()> {
+        self.coll
+            .update_many(doc! {}, doc! { "$set": { "lockToken": token } })
+            .await
+            .map_err(Error::db("fencing the tracking records"))?;
+        *self.fence.write().unwrap_or_else(|e| e.into_inner()) = Some(token);
+        Ok(())
+    }
+
+    /// Ends fencing (the lock was released).
+    pub fn unfence(&self) {
+        *self.fence.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The filter of `name`'s record, with the fencing token when fenced.
+    fn record(&self, name: &str) -> Document {
+        match *self.fence.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(token) => doc! { "name": name, "lockToken": token },
+            None => doc! { "name": name },
+        }
+    }
+
+    fn is_fenced(&self) -> bool {
+        self.fence
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// An update of one record: fenced, and the lock counted lost when its token is gone (an
+    /// upsert then collides with the record's unique name).
+    async fn update_record(
+        &self,
+        name: &str,
+        update: Document,
+        upsert: bool,
+        what: String,
+    ) -> Result<()> {
+        let result = self
+            .coll
+            .update_one(self.record(name), update)
+            .upsert(upsert)
+            .await;
+        match result {
+            Ok(r) if self.is_fenced() && r.matched_count == 0 && r.upserted_id.is_none() => {
+                Err(fenced())
+            }
+            Ok(_) => Ok(()),
+            Err(e) if self.is_fenced() && is_duplicate_key(&e) => Err(fenced()),
+            Err(e) => Err(Error::db(what)(e)),
         }
     }
 
@@ -146,16 +217,22 @@ impl Store {
             .try_collect()
             .await
             .map_err(Error::db("reading the migrations collection"))?;
-        docs.into_iter()
+        // A record that cannot be read is still listed, flagged, so `status` shows every other
+        // migration and `up` refuses naming it.
+        Ok(docs
+            .into_iter()
             .map(|d| {
-                let name = d.get_str("name").unwrap_or("?").to_string();
-                mongodb::bson::from_document::<Record>(d).map_err(|e| {
-                    Error::Config(format!(
-                        "tracking record {name:?} in the migrations collection is malformed ({e}); fix or remove it"
-                    ))
+                let name = d.get_str("name").map(str::to_string).unwrap_or_else(|_| {
+                    format!("? (_id {})", d.get("_id").cloned().unwrap_or(Bson::Null))
+                });
+                mongodb::bson::from_document::<Record>(d).unwrap_or_else(|e| Record {
+                    name,
+                    status: status::MALFORMED.to_string(),
+                    error: Some(e.to_string()),
+                    ..Record::default()
                 })
             })
-            .collect()
+            .collect())
     }
 
     /// Marks `name` running (upserting its record). `keep_checkpoint` keeps a resume point.
@@ -183,25 +260,20 @@ impl Store {
                 .unwrap()
                 .insert("checkpoint", "");
         }
-        self.coll
-            .update_one(doc! { "name": name }, update)
-            .upsert(true)
+        self.update_record(name, update, true, format!("recording {name} as running"))
             .await
-            .map_err(Error::db(format!("recording {name} as running")))?;
-        Ok(())
     }
 
     /// Stores the backfill resume point.
     pub async fn save_checkpoint(&self, name: &str, mut checkpoint: Document) -> Result<()> {
         checkpoint.insert("updatedAt", DateTime::now());
-        self.coll
-            .update_one(
-                doc! { "name": name },
-                doc! { "$set": { "checkpoint": checkpoint } },
-            )
-            .await
-            .map_err(Error::db(format!("saving the checkpoint of {name}")))?;
-        Ok(())
+        self.update_record(
+            name,
+            doc! { "$set": { "checkpoint": checkpoint } },
+            false,
+            format!("saving the checkpoint of {name}"),
+        )
+        .await
     }
 
     /// Ends an `up` or `down`: sets `fields`, unsets `unset`, and appends a history entry whose
@@ -244,22 +316,32 @@ impl Store {
                     .collect::<Document>(),
             );
         }
-        self.coll
-            .update_one(doc! { "name": name }, update)
-            .upsert(true)
-            .await
-            .map_err(Error::db(format!(
-                "recording the end of {action} for {name}"
-            )))?;
-        Ok(())
+        self.update_record(
+            name,
+            update,
+            true,
+            format!("recording the end of {action} for {name}"),
+        )
+        .await
     }
 
     /// Sets fields without a history entry (e.g. `rolling_back`).
     pub async fn set(&self, name: &str, fields: Document) -> Result<()> {
-        self.coll
-            .update_one(doc! { "name": name }, doc! { "$set": fields })
-            .await
-            .map_err(Error::db(format!("updating the record of {name}")))?;
-        Ok(())
+        self.update_record(
+            name,
+            doc! { "$set": fields },
+            false,
+            format!("updating the record of {name}"),
+        )
+        .await
+    }
+}
+
+fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
+        ErrorKind::Command(c) => c.code == 11000,
+        _ => e.to_string().contains("E11000"),
     }
 }

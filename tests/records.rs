@@ -1,0 +1,173 @@
+//! Tracking records this build cannot run from: unknown statuses and malformed records are shown
+//! by `status` and refused by `up`, naming the record and the fix; a runner that lost the lock
+//! while paused cannot write the records any more (fencing).
+
+mod common;
+
+use common::{fresh_db, text};
+use mongodb::bson::{doc, Document};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const M001: &str = "001_add_withdrawal_fields_to_users";
+const M002: &str = "002_create_withdrawal_indexes";
+const M003: &str = "003_migrate_existing_user_balances";
+
+async fn insert_record(t: &common::TestDb, record: Document) {
+    t.db.collection::<Document>("migrations")
+        .insert_one(record)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_record_with_an_unknown_status_is_shown_and_refused_by_up() {
+    for status in ["in_progress", "weird"] {
+        let t = fresh_db("unknownstatus").await;
+        insert_record(&t, doc! { "name": M002, "status": status }).await;
+        let out = t.migrate(&["status"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let shown = text(&out);
+        assert!(
+            shown.contains(M002) && shown.contains("unknown status"),
+            "{shown}"
+        );
+        assert!(shown.contains(M001), "{shown}");
+
+        let out = t.migrate(&["up", "--no-progress"]);
+        assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+        let said = text(&out);
+        assert!(said.contains(M002) && said.contains(status), "{said}");
+        assert!(said.contains("set `status`"), "{said}");
+        // Nothing ran: 001 has no record.
+        assert!(t.record(M001).await.is_none());
+    }
+}
+
+#[tokio::test]
+async fn a_malformed_record_does_not_hide_the_others_and_is_refused_by_up() {
+    for checkpoint in [
+        mongodb::bson::Bson::String("oops".into()),
+        mongodb::bson::Bson::Array(vec![1.into()]),
+    ] {
+        let t = fresh_db("malformed").await;
+        insert_record(
+            &t,
+            doc! { "name": M003, "status": "running", "checkpoint": checkpoint },
+        )
+        .await;
+        let out = t.migrate(&["status"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let shown = text(&out);
+        assert!(shown.contains("malformed record"), "{shown}");
+        assert!(shown.contains(M001) && shown.contains(M002), "{shown}");
+
+        let out = t.migrate(&["up", "--no-progress"]);
+        assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+        assert!(
+            text(&out).contains(M003) && text(&out).contains("malformed"),
+            "{}",
+            text(&out)
+        );
+    }
+}
+
+struct CheckFails;
+
+#[async_trait::async_trait]
+impl mongo_migrate::Migration for CheckFails {
+    fn description(&self) -> &'static str {
+        "a post-condition that never holds"
+    }
+    async fn up(
+        &self,
+        _ctx: &mongo_migrate::Context,
+    ) -> mongo_migrate::Result<mongo_migrate::Outcome> {
+        Ok(mongo_migrate::Outcome::ok("done", Document::new()))
+    }
+    async fn verify(&self, ctx: &mongo_migrate::Context) -> mongo_migrate::Result<()> {
+        Err(mongo_migrate::Error::migration(
+            ctx.name(),
+            "2 user(s) still lack a field, e.g. [1, 2]",
+        ))
+    }
+}
+
+#[tokio::test]
+async fn a_failed_post_condition_says_so_once() {
+    let t = fresh_db("postcond").await;
+    let registered = mongo_migrate::Registered {
+        number: 1,
+        name: "001_check_fails",
+        checksum: "x",
+        migration: std::sync::Arc::new(CheckFails),
+    };
+    let runner = mongo_migrate::MigrationRunner::with_migrations(t.db.clone(), vec![registered]);
+    let err = runner.run_pending().await.unwrap_err().to_string();
+    assert!(
+        err.contains("post-condition not met after up: 2 user(s)"),
+        "{err}"
+    );
+    assert_eq!(err.matches("failed").count(), 1, "{err}");
+    assert_eq!(err.matches("001_check_fails").count(), 1, "{err}");
+}
+
+/// The lease of the paused runner in the fencing trial.
+const LEASE: &str = "5";
+
+#[tokio::test]
+async fn a_runner_paused_past_its_lease_cannot_write_the_records_after_another_took_over() {
+    let t = fresh_db("fencing").await;
+    let out = t.migrate(&["sample-data", "--users", "30000"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let first = t
+        .migrate_cmd(&[
+            "up",
+            "--lock-lease",
+            LEASE,
+            "--batch-size",
+            "200",
+            "--max-docs-per-sec",
+            "3000",
+            "--no-progress",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = first.id() as libc::pid_t;
+    // Pause it inside 003.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let running = t
+            .record(M003)
+            .await
+            .is_some_and(|r| r.get_document("checkpoint").is_ok());
+        if running {
+            break;
+        }
+        assert!(Instant::now() < deadline, "003 never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    tokio::time::sleep(Duration::from_secs(7)).await;
+
+    // A second runner takes the expired lease over and finishes everything.
+    let second = t.migrate(&["up", "--resume", "--no-progress"]);
+    assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+    assert_eq!(t.status(M003).await, "completed");
+    let before = t.record(M003).await.unwrap();
+
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let out = tokio::task::spawn_blocking(move || first.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("took the lock over"), "{}", text(&out));
+
+    // Its records are as the second runner left them, and a plain `up` has nothing to do.
+    let after = t.record(M003).await.unwrap();
+    assert_eq!(after, before);
+    let again = t.migrate(&["up", "--no-progress"]);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+}

@@ -72,8 +72,8 @@ struct LockArgs {
     /// With --wait, give up after this many seconds
     #[arg(long, requires = "wait", value_name = "SECS")]
     wait_timeout: Option<u64>,
-    /// Lock lease in seconds: a run that stops renewing it loses the lock after this
-    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(3..))]
+    /// Lock lease in seconds (5 to 3600): a run that stops renewing it loses the lock after this
+    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(crate::lock::MIN_LEASE.as_secs()..=crate::lock::MAX_LEASE.as_secs()))]
     lock_lease: u64,
     /// Run even though an applied migration's source changed since it ran
     #[arg(long)]

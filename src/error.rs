@@ -49,8 +49,8 @@ pub enum Error {
         expires: String,
     },
 
-    /// `--wait` gave up.
-    #[error("gave up waiting {0:?} for the lock held by {1}")]
+    /// `--wait` gave up; the second field describes the holder.
+    #[error("gave up waiting {0:?} for the migration lock, still held by {1}. Try again later, or wait longer with a larger --wait-timeout")]
     LockTimeout(Duration, String),
 
     /// The lease was lost mid-run (another runner took it over after our heartbeat failed).

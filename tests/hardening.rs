@@ -1,0 +1,302 @@
+//! The `migrate` binary and library under bad input and faults, against the real server.
+
+mod common;
+
+use common::{fresh_db, text, TestDb};
+use mongodb::bson::{doc, Bson, DateTime, Document};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Nothing listens here: a command that reaches the connection step fails with exit 3.
+const UNREACHABLE: &str = "mongodb://127.0.0.1:1/lms";
+
+async fn users(t: &TestDb, n: i32) {
+    let docs: Vec<Document> = (0..n)
+        .map(|i| doc! { "_id": i, "name": format!("u{i}"), "affiliateEarnings": 10.5 + i as f64 })
+        .collect();
+    t.db.collection::<Document>("users")
+        .insert_many(docs)
+        .await
+        .unwrap();
+}
+
+/// `migrate ARGS` to completion, off the async workers.
+async fn run(mut cmd: Command) -> Output {
+    tokio::task::spawn_blocking(move || cmd.output().expect("run migrate"))
+        .await
+        .unwrap()
+}
+
+/// Holds the lock as another operator would have left it.
+async fn foreign_lock(t: &TestDb, pid: Bson, expires_in_ms: i64) {
+    let now = DateTime::now();
+    t.db.collection::<Document>("migrations_lock")
+        .insert_one(doc! {
+            "_id": "migrate", "token": "x", "host": "ops-2", "pid": pid, "user": "bob",
+            "command": "up", "acquiredAt": now, "heartbeatAt": now,
+            "expiresAt": DateTime::from_millis(now.timestamp_millis() + expires_in_ms),
+        })
+        .await
+        .unwrap();
+}
+
+async fn lock_doc(t: &TestDb) -> Option<Document> {
+    t.db.collection::<Document>("migrations_lock")
+        .find_one(doc! { "_id": "migrate" })
+        .await
+        .unwrap()
+}
+
+/// A `migrate` process in the background; killed if the test fails first.
+struct Running(Option<Child>);
+
+impl Running {
+    fn has_exited(&mut self) -> bool {
+        self.0.as_mut().unwrap().try_wait().unwrap().is_some()
+    }
+
+    async fn output(mut self) -> Output {
+        let child = self.0.take().unwrap();
+        tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The lease
+
+#[tokio::test]
+async fn lock_lease_outside_5s_to_1h_is_a_usage_error_before_connecting() {
+    let t = fresh_db("lease_bounds").await;
+    for lease in ["18446744073709551615", "3601", "4", "0"] {
+        for command in ["up", "rollback"] {
+            let started = Instant::now();
+            let out = t
+                .migrate_cmd(&[command, "--lock-lease", lease])
+                .env("MONGODB_URI", UNREACHABLE)
+                .output()
+                .unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{command} --lock-lease {lease}: {}",
+                text(&out)
+            );
+            assert!(text(&out).contains("--lock-lease"), "{}", text(&out));
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "checked before connecting"
+            );
+        }
+    }
+    for lease in ["5", "3600"] {
+        let out = t
+            .migrate_cmd(&["up", "--lock-lease", lease, "--connect-timeout", "1"])
+            .env("MONGODB_URI", UNREACHABLE)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{lease} is accepted: {}",
+            text(&out)
+        );
+    }
+}
+
+#[tokio::test]
+async fn library_refuses_a_lease_it_cannot_keep_instead_of_running_with_a_dead_heartbeat() {
+    let t = fresh_db("lease_lib").await;
+    users(&t, 5).await;
+    let options = mongo_migrate::RunOptions {
+        lock_lease: Duration::from_secs(u64::MAX),
+        progress: false,
+        ..mongo_migrate::RunOptions::default()
+    };
+    let runner = mongo_migrate::MigrationRunner::new(t.db.clone()).with_options(options);
+    let err = runner
+        .run_pending()
+        .await
+        .expect_err("an unkeepable lease is refused");
+    assert!(
+        matches!(&err, mongo_migrate::Error::Config(m) if m.contains("lease")),
+        "{err}"
+    );
+    assert!(t
+        .record("001_add_withdrawal_fields_to_users")
+        .await
+        .is_none());
+    assert!(lock_doc(&t).await.is_none(), "no lock left behind");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The server's clock
+
+/// `migrate` with its wall clock moved by `offset` (e.g. "+2h") through libfaketime, as on a
+/// host whose clock is wrong; its monotonic clock stays true. `None` without `faketime`.
+fn skewed(t: &TestDb, offset: &str, args: &[&str]) -> Option<Command> {
+    let available = Command::new("faketime")
+        .args(["-f", "+0", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !available {
+        eprintln!("SKIPPED: `faketime` is not installed (apt-get install faketime)");
+        return None;
+    }
+    let plain = t.migrate_cmd(args);
+    let mut cmd = Command::new("faketime");
+    cmd.args(["-f", offset])
+        .arg(plain.get_program())
+        .args(plain.get_args())
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .stdin(Stdio::null());
+    for (key, value) in plain.get_envs() {
+        match value {
+            Some(v) => cmd.env(key, v),
+            None => cmd.env_remove(key),
+        };
+    }
+    Some(cmd)
+}
+
+#[tokio::test]
+async fn a_live_lease_holds_against_a_client_whose_clock_runs_ahead() {
+    let t = fresh_db("clock_ahead").await;
+    users(&t, 5).await;
+    foreign_lock(&t, Bson::Int64(777), 10 * 60_000).await;
+    let Some(cmd) = skewed(&t, "+2h", &["up"]) else {
+        return;
+    };
+    let out = run(cmd).await;
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "the lease has 10 minutes left on the server's clock: {}",
+        text(&out)
+    );
+    assert_eq!(lock_doc(&t).await.unwrap().get_str("token").unwrap(), "x");
+    assert!(t
+        .record("001_add_withdrawal_fields_to_users")
+        .await
+        .is_none());
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_taken_over_by_a_client_whose_clock_lags() {
+    let t = fresh_db("clock_behind").await;
+    users(&t, 5).await;
+    foreign_lock(&t, Bson::Int64(777), -60_000).await;
+    let Some(cmd) = skewed(&t, "-2h", &["up"]) else {
+        return;
+    };
+    let out = run(cmd).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the lease ended a minute ago on the server's clock: {}",
+        text(&out)
+    );
+    assert!(text(&out).contains("its lease expired"), "{}", text(&out));
+    assert_eq!(
+        t.status("003_migrate_existing_user_balances").await,
+        "completed"
+    );
+}
+
+#[tokio::test]
+async fn lock_times_are_written_by_the_server_clock() {
+    let t = fresh_db("clock_write").await;
+    users(&t, 3000).await;
+    // About 3 s in 001 at 1000 users/s: long enough to read the lock while it is held, and a
+    // 6 s lease is renewed every 2 s.
+    let Some(mut cmd) = skewed(
+        &t,
+        "-2h",
+        &[
+            "up",
+            "--lock-lease",
+            "6",
+            "--max-docs-per-sec",
+            "1000",
+            "--no-progress",
+        ],
+    ) else {
+        return;
+    };
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Running(Some(child));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut first: Option<Document> = None;
+    let mut renewed: Option<Document> = None;
+    while renewed.is_none() && Instant::now() < deadline && !child.has_exited() {
+        if let Some(lock) = lock_doc(&t).await {
+            match &first {
+                None => first = Some(lock),
+                Some(f) if lock.get("heartbeatAt") != f.get("heartbeatAt") => renewed = Some(lock),
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = child.output().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let first = first.expect("the lock was seen while held");
+    let renewed = renewed.expect("the lease was renewed while held");
+    let real_now = DateTime::now().timestamp_millis();
+    let at = |lock: &Document, key: &str| lock.get_datetime(key).unwrap().timestamp_millis();
+    for (lock, key) in [
+        (&first, "acquiredAt"),
+        (&first, "heartbeatAt"),
+        (&renewed, "heartbeatAt"),
+    ] {
+        let drift = (real_now - at(lock, key)).abs();
+        assert!(
+            drift < 5 * 60_000,
+            "{key} is {drift} ms from the true time: written by the 2 h slow client clock\n{lock}"
+        );
+    }
+    assert_eq!(at(&first, "expiresAt") - at(&first, "acquiredAt"), 6000);
+    assert_eq!(
+        at(&renewed, "expiresAt") - at(&renewed, "heartbeatAt"),
+        6000
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lock messages
+
+#[tokio::test]
+async fn wait_timeout_names_the_holder_in_one_sentence_whatever_its_pid_type() {
+    let t = fresh_db("lock_msg").await;
+    users(&t, 5).await;
+    foreign_lock(&t, Bson::Int32(777), 10 * 60_000).await;
+    let held = t.migrate(&["up"]);
+    assert_eq!(held.status.code(), Some(4), "{}", text(&held));
+    assert!(text(&held).contains("bob@ops-2 pid 777"), "{}", text(&held));
+
+    let waited = t.migrate(&["up", "--wait", "--wait-timeout", "1"]);
+    let message = text(&waited);
+    assert_eq!(waited.status.code(), Some(4), "{message}");
+    assert!(
+        message.contains("gave up waiting 1s for the migration lock, still held by `migrate up` by bob@ops-2 pid 777 (since "),
+        "{message}"
+    );
+    assert!(!message.contains("holds the lock"), "{message}");
+    assert!(!message.contains("pid ?"), "{message}");
+}

@@ -300,3 +300,31 @@ async fn wait_timeout_names_the_holder_in_one_sentence_whatever_its_pid_type() {
     assert!(!message.contains("holds the lock"), "{message}");
     assert!(!message.contains("pid ?"), "{message}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Who ran it
+
+fn os_user_name() -> String {
+    let out = Command::new("id").arg("-un").output().expect("run id -un");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test]
+async fn without_user_in_the_environment_the_uid_name_is_recorded() {
+    let t = fresh_db("actor").await;
+    users(&t, 5).await;
+    let out = t
+        .migrate_cmd(&["up", "--to", "1"])
+        .env_remove("USER")
+        .env_remove("USERNAME")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let record = t
+        .record("001_add_withdrawal_fields_to_users")
+        .await
+        .unwrap();
+    let expected = os_user_name();
+    assert!(!expected.is_empty());
+    assert_eq!(record.get_str("user").unwrap(), expected, "{record}");
+}

@@ -107,7 +107,7 @@ struct UpArgs {
     #[arg(long)]
     no_progress: bool,
     /// Run pending migrations only up to and including this number (e.g. --to 2)
-    #[arg(long, value_name = "NNN")]
+    #[arg(long, value_name = "NNN", value_parser = parse_migration_number)]
     to: Option<u32>,
     /// How backfills catch up with documents the application changes meanwhile: `auto` follows
     /// the change stream (resumable from the token saved with each checkpoint) where the
@@ -164,6 +164,25 @@ fn parse_rate(s: &str) -> std::result::Result<f64, String> {
         _ => Err(format!(
             "{s:?} is not a positive number of documents per second"
         )),
+    }
+}
+
+/// `--to NNN`: a number of a migration compiled into this build, checked before connecting.
+fn parse_migration_number(s: &str) -> std::result::Result<u32, String> {
+    let number: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a migration number (e.g. 2 or 002)"))?;
+    let known: Vec<String> = crate::registry::compiled()
+        .iter()
+        .map(|m| format!("{:03}", m.number))
+        .collect();
+    if known.contains(&format!("{number:03}")) {
+        Ok(number)
+    } else {
+        Err(format!(
+            "no migration is numbered {number:03}; this build has {}",
+            known.join(", ")
+        ))
     }
 }
 

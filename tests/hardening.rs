@@ -328,3 +328,35 @@ async fn without_user_in_the_environment_the_uid_name_is_recorded() {
     assert!(!expected.is_empty());
     assert_eq!(record.get_str("user").unwrap(), expected, "{record}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// `--to`
+
+#[tokio::test]
+async fn up_to_a_number_no_migration_has_is_a_usage_error_before_connecting() {
+    let t = fresh_db("to_usage").await;
+    for number in ["0", "9", "009", "x"] {
+        let started = Instant::now();
+        let out = t
+            .migrate_cmd(&["up", "--to", number])
+            .env("MONGODB_URI", UNREACHABLE)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--to {number}: {}", text(&out));
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "checked before connecting"
+        );
+        assert!(text(&out).contains("--to"), "{}", text(&out));
+    }
+    let nine = t
+        .migrate_cmd(&["up", "--to", "9"])
+        .env("MONGODB_URI", UNREACHABLE)
+        .output()
+        .unwrap();
+    assert!(
+        text(&nine).contains("no migration is numbered 009; this build has 001, 002, 003"),
+        "{}",
+        text(&nine)
+    );
+}

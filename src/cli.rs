@@ -3,9 +3,11 @@
 
 use crate::config::{Config, Settings};
 use crate::error::{exit, Error, Result};
+use crate::logging::{print_err, print_out};
 use crate::migration::{RunOptions, Stop, StopReason};
 use crate::runner::{MigrationRunner, MigrationStatus, RunReport, State};
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,6 +23,13 @@ pub struct Cli {
     command: Command,
 }
 
+/// `println!` with the line's secrets hidden (see [`print_out`]).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        print_out(format!($($arg)*))
+    };
+}
+
 const EXIT_CODES: &str = "Exit codes: 0 success, 1 migration failed, 2 usage error, 3 configuration or connection error, 4 lock held by another run, 5 refused (drift, interrupted migration, no down, not confirmed), 130 interrupted (checkpoint saved).";
 
 #[derive(Debug, Args)]
@@ -31,7 +40,8 @@ struct GlobalArgs {
     /// Database name (overrides the URI's path)
     #[arg(long = "db", env = "MONGODB_DB", global = true)]
     database: Option<String>,
-    /// File of KEY=value defaults read after flags and the environment
+    /// File of KEY=value defaults read after flags and the environment (must exist when named
+    /// with this flag)
     #[arg(long, env = "MIGRATE_ENV_FILE", global = true, default_value = ".env")]
     env_file: PathBuf,
     /// Directory of migration.log
@@ -188,28 +198,50 @@ fn parse_migration_number(s: &str) -> std::result::Result<u32, String> {
 
 /// Entry point of the binary: returns the process exit code.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) if e.use_stderr() => {
+            // Clap's message may quote any argument, `--uri` included.
+            print_err(e.render().to_string());
+            return exit::USAGE;
+        }
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::SUCCESS
-            };
+            return exit::SUCCESS;
         }
     };
-    let settings = Settings {
+    let mut settings = Settings {
         uri: cli.global.uri.clone(),
         database: cli.global.database.clone(),
         env_file: Some(cli.global.env_file.clone()),
         log_dir: cli.global.log_dir.clone(),
         connect_timeout: Some(Duration::from_secs(cli.global.connect_timeout)),
     };
+    // A file named with --env-file must be there; the default `.env` (or MIGRATE_ENV_FILE) may
+    // be absent. Read before logging starts, since it may name the log directory.
+    let named = matches.value_source("env_file") == Some(ValueSource::CommandLine);
+    let applied = settings.apply_env_file(named);
+    // From here on, every output hides this URI's secrets, whatever its shape.
+    if let Some(uri) = &settings.uri {
+        crate::config::register_secrets(uri);
+    }
+    let env_warnings = match applied {
+        Ok(warnings) => warnings,
+        Err(e) => {
+            print_err(format!("error: {e}\n"));
+            return e.exit_code();
+        }
+    };
     let verbosity = cli.global.verbose as i8 - cli.global.quiet as i8;
     if let Err(e) = crate::logging::init(&settings.log_dir(), verbosity) {
-        eprintln!("error: {e}");
+        print_err(format!("error: {e}\n"));
         return e.exit_code();
+    }
+    for warning in env_warnings {
+        tracing::warn!("{warning}");
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -217,7 +249,7 @@ pub fn main() -> i32 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            print_err(format!("error: cannot start the async runtime: {e}\n"));
             return exit::CONFIG;
         }
     };
@@ -245,10 +277,10 @@ async fn run(cli: Cli, settings: Settings) -> Result<()> {
             let status = runner.status().await?;
             print_status(&status, json);
             for (name, chunks) in runner.orphaned_before_images().await? {
-                eprintln!(
-                    "warning: {chunks} chunk(s) of before-images of {name} in {} belong to no applied or partly applied migration; nothing will restore them",
+                print_err(format!(
+                    "warning: {chunks} chunk(s) of before-images of {name} in {} belong to no applied or partly applied migration; nothing will restore them\n",
                     crate::backfill::BEFORE_IMAGES
-                );
+                ));
             }
             Ok(())
         }
@@ -309,15 +341,15 @@ async fn rollback(db: mongodb::Database, args: RollbackArgs) -> Result<()> {
             )));
         }
         if matches!(target.state, State::Failed | State::Running) {
-            eprint!(
+            print_err(format!(
                 "{} is {} part-way: undo its partial writes ({})? Type 'yes' to confirm: ",
                 target.name, target.state, target.description
-            );
+            ));
         } else {
-            eprint!(
+            print_err(format!(
                 "Roll back {} ({})? Type 'yes' to confirm: ",
                 target.name, target.description
-            );
+            ));
         }
         let _ = std::io::stderr().flush();
         let mut answer = String::new();
@@ -330,12 +362,12 @@ async fn rollback(db: mongodb::Database, args: RollbackArgs) -> Result<()> {
     }
     let _signals = watch_signals(runner.stop_handle());
     let applied = runner.rollback_last().await?;
-    println!(
+    print_out(format!(
         "rolled back {} in {:.1}s: {}",
         applied.name,
         applied.duration.as_secs_f64(),
         applied.outcome.message
-    );
+    ));
     Ok(())
 }
 
@@ -369,10 +401,7 @@ async fn sample_data(db: mongodb::Database, args: SampleArgs) -> Result<()> {
         withdrawals = report.withdrawals,
         "sample data loaded"
     );
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&report).unwrap_or_default()
-    );
+    print_out(serde_json::to_string_pretty(&report).unwrap_or_default());
     Ok(())
 }
 
@@ -440,7 +469,7 @@ fn resume_command() -> String {
 
 fn print_report(report: &RunReport) {
     if report.applied.is_empty() {
-        println!("nothing to migrate: every migration is applied");
+        out!("nothing to migrate: every migration is applied");
         return;
     }
     for applied in &report.applied {
@@ -449,7 +478,7 @@ fn print_report(report: &RunReport) {
         } else {
             "applied"
         };
-        println!(
+        out!(
             "{verb} {} in {:.1}s: {}",
             applied.name,
             applied.duration.as_secs_f64(),
@@ -458,29 +487,33 @@ fn print_report(report: &RunReport) {
         if report.dry_run && !applied.outcome.result.is_empty() {
             let json = mongodb::bson::Bson::Document(applied.outcome.result.clone())
                 .into_relaxed_extjson();
-            println!(
+            out!(
                 "{}",
                 serde_json::to_string_pretty(&json).unwrap_or_default()
             );
         }
     }
     if report.dry_run {
-        println!("dry run: nothing was written");
+        out!("dry run: nothing was written");
     }
 }
 
 fn print_status(status: &[MigrationStatus], json: bool) {
     if json {
         let value = serde_json::to_value(status).unwrap_or_default();
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&value).unwrap_or_default()
         );
         return;
     }
-    println!(
+    out!(
         "{:<4} {:<42} {:<22} {:<20} {:>9}  NOTE",
-        "#", "MIGRATION", "STATE", "EXECUTED AT (UTC)", "DURATION"
+        "#",
+        "MIGRATION",
+        "STATE",
+        "EXECUTED AT (UTC)",
+        "DURATION"
     );
     for m in status {
         let record = m.record.as_ref();
@@ -513,7 +546,7 @@ fn print_status(status: &[MigrationStatus], json: bool) {
         } else {
             format!("{:03}", m.number)
         };
-        println!(
+        out!(
             "{number:<4} {:<42} {:<22} {when:<20} {duration:>9}  {note}",
             m.name,
             m.state.to_string()

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{fresh_db, text, TestDb};
+use common::{fresh_db, read, text, TestDb};
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -358,5 +358,193 @@ async fn up_to_a_number_no_migration_has_is_a_usage_error_before_connecting() {
         text(&nine).contains("no migration is numbered 009; this build has 001, 002, 003"),
         "{}",
         text(&nine)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secrets
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs `args` and fails if `secrets` appear in stdout, stderr, the log file or any tracking
+/// collection.
+async fn assert_hidden(t: &TestDb, mut cmd: Command, secrets: &[&str], what: &str) -> Output {
+    let out = run({
+        cmd.env("MIGRATE_LOG_DIR", t.logs.path());
+        cmd
+    })
+    .await;
+    let log = read(&t.log_file());
+    for secret in secrets {
+        for (place, content) in [
+            ("stdout", String::from_utf8_lossy(&out.stdout).into_owned()),
+            ("stderr", stderr(&out)),
+            ("migration.log", log.clone()),
+        ] {
+            assert!(
+                !content.contains(secret),
+                "{what}: {secret:?} leaked to {place}:\n{content}"
+            );
+        }
+    }
+    for coll in ["migrations", "migrations_lock", "migrations_before_images"] {
+        let docs = common::sorted_by_id(&t.db.collection::<Document>(coll)).await;
+        let dump = format!("{docs:?}");
+        for secret in secrets {
+            assert!(
+                !dump.contains(secret),
+                "{what}: {secret:?} leaked to {coll}"
+            );
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_password_never_leaks_whatever_the_uri_shape() {
+    let t = fresh_db("secrets").await;
+    let host = t
+        .uri
+        .split_once("://")
+        .unwrap()
+        .1
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let db = &t.name;
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        // A scheme typo: one slash.
+        (
+            format!("mongodb:/u:Typo5ecret@{host}/{db}"),
+            vec!["Typo5ecret"],
+        ),
+        // A sensitive option in the query.
+        (
+            format!("{}&tlsCertificateKeyFilePassword=Opt5ecret", t.uri),
+            vec!["Opt5ecret"],
+        ),
+        (
+            format!(
+                "{}&authMechanism=MONGODB-AWS&authMechanismProperties=AWS_SESSION_TOKEN:Tok5ecret",
+                t.uri
+            ),
+            vec!["Tok5ecret"],
+        ),
+        // A password holding `/`: neither half may show.
+        (
+            format!("mongodb://admin:se/Sl4shSecret@{host}/{db}"),
+            vec!["Sl4shSecret", "se/Sl4sh"],
+        ),
+        // Credentials the server refuses.
+        (
+            format!("mongodb://admin:Auth5ecret@{host}/{db}"),
+            vec!["Auth5ecret"],
+        ),
+        // An unreachable host.
+        (
+            "mongodb://admin:Unre4chSecret@127.0.0.1:1/lms".to_string(),
+            vec!["Unre4chSecret"],
+        ),
+    ];
+    for (uri, secrets) in &cases {
+        // From the environment, with debug logging (the driver's full errors) in both outputs.
+        let mut from_env = t.migrate_cmd(&["-v", "up", "--connect-timeout", "1"]);
+        from_env.env("MONGODB_URI", uri);
+        let out = assert_hidden(&t, from_env, secrets, uri).await;
+        assert_eq!(out.status.code(), Some(3), "{uri}: {}", text(&out));
+        assert!(text(&out).contains("***"), "{uri}: {}", text(&out));
+
+        // On the command line, with `status`.
+        let mut from_flag = t.migrate_cmd(&["-v", "status", "--connect-timeout", "1", "--uri"]);
+        from_flag.arg(uri);
+        assert_hidden(&t, from_flag, secrets, uri).await;
+
+        // From a `.env` file.
+        let env = t.logs.path().join("secret.env");
+        std::fs::write(&env, format!("MONGODB_URI={uri}\n")).unwrap();
+        let mut from_file =
+            t.migrate_cmd(&["-v", "status", "--connect-timeout", "1", "--env-file"]);
+        from_file.arg(&env).env_remove("MONGODB_URI");
+        assert_hidden(&t, from_file, secrets, uri).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `.env` problems
+
+#[tokio::test]
+async fn malformed_lines_and_invalid_utf8_in_env_file_are_reported_by_line_number() {
+    let t = fresh_db("dotenv_bad").await;
+    let env = t.logs.path().join("bad.env");
+    let mut content = format!("MONGODB_URI={}\n", t.uri).into_bytes();
+    content.extend_from_slice(b"this line lacks an equals sign Hidd3nValue\n");
+    content.extend_from_slice(b"MONGODB_DB=\xff\xfe\n");
+    std::fs::write(&env, content).unwrap();
+    let out = t
+        .migrate_cmd(&["status"])
+        .env("MIGRATE_ENV_FILE", &env)
+        .env_remove("MONGODB_URI")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "good lines still count: {}",
+        text(&out)
+    );
+    let err = stderr(&out);
+    assert!(err.contains("line 2 is malformed"), "{err}");
+    assert!(err.contains("line 3 is not valid UTF-8"), "{err}");
+    assert!(
+        !err.contains("Hidd3nValue"),
+        "a bad line is never quoted: {err}"
+    );
+    assert!(read(&t.log_file()).contains("line 2 is malformed"));
+}
+
+#[tokio::test]
+async fn an_unreadable_env_file_is_reported_and_a_missing_default_one_is_not() {
+    let t = fresh_db("dotenv_unreadable").await;
+    // A directory cannot be read as a file, even by root.
+    let dir = t.logs.path().join("a-directory.env");
+    std::fs::create_dir(&dir).unwrap();
+    let out = t
+        .migrate_cmd(&["status"])
+        .env("MIGRATE_ENV_FILE", &dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("cannot read env file"),
+        "{}",
+        text(&out)
+    );
+
+    // The default `.env` (or MIGRATE_ENV_FILE) may simply not exist.
+    let quiet = t.migrate(&["status"]);
+    assert_eq!(quiet.status.code(), Some(0), "{}", text(&quiet));
+    assert!(!stderr(&quiet).contains("env file"), "{}", text(&quiet));
+}
+
+#[tokio::test]
+async fn a_missing_env_file_named_with_the_flag_is_exit_3() {
+    let t = fresh_db("dotenv_missing").await;
+    let missing = t.logs.path().join("no-such.env");
+    let out = t
+        .migrate_cmd(&["status", "--env-file"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "env file {} (named by --env-file) does not exist",
+            missing.display()
+        )),
+        "{}",
+        text(&out)
     );
 }

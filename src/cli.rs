@@ -256,6 +256,9 @@ pub fn main() -> i32 {
     let code = match runtime.block_on(run(cli, settings)) {
         Ok(()) => exit::SUCCESS,
         Err(e) => {
+            if let Error::Db { source, .. } = &e {
+                tracing::debug!("driver error in full: {source}");
+            }
             tracing::error!("{e}");
             if matches!(e, Error::Cancelled) {
                 eprintln!("resume with: {}", resume_command());

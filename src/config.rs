@@ -4,7 +4,7 @@
 //! file as the last source, validates the result and connects with short timeouts so a wrong
 //! target fails in seconds rather than hanging.
 
-use crate::error::{Error, Result};
+use crate::error::{driver_error_summary, Error, Result};
 use mongodb::bson::doc;
 use mongodb::options::ClientOptions;
 use mongodb::{Client, Database};
@@ -420,16 +420,14 @@ impl Config {
     }
 
     /// Connects and pings, failing within the connect timeout with a message naming what to fix.
+    /// The driver's full error goes to the log at debug level; the message keeps its gist.
     pub async fn connect(&self) -> Result<(Client, Database)> {
-        let connect_err = |reason: String| Error::Connect {
-            uri: self.redacted_uri(),
-            reason: scrub(&reason, &self.uri),
-        };
         let mut options = ClientOptions::parse(&self.uri).await.map_err(|e| {
+            tracing::debug!(error = %e, "parsing the connection string failed");
             Error::Config(format!(
                 "MONGODB_URI {} is malformed: {}",
                 self.redacted_uri(),
-                scrub(&short(&e), &self.uri)
+                driver_error_summary(&e)
             ))
         })?;
         options.server_selection_timeout = Some(self.connect_timeout);
@@ -437,42 +435,36 @@ impl Config {
         options
             .app_name
             .get_or_insert_with(|| "mongo-migrate".to_string());
-        let client = Client::with_options(options).map_err(|e| connect_err(short(&e)))?;
+        let client = Client::with_options(options).map_err(|e| self.connect_error(&e))?;
         let db = client.database(&self.database);
-        db.run_command(doc! { "ping": 1 })
-            .await
-            .map_err(|e| connect_err(short(&e)))?;
+        // Ping the servers the reads will go to: a read preference no server suits then fails
+        // here, as a connection error, rather than at the first read.
+        let mut ping = db.run_command(doc! { "ping": 1 });
+        if let Some(criteria) = client.selection_criteria() {
+            ping = ping.selection_criteria(criteria.clone());
+        }
+        if let Err(e) = ping.await {
+            // Stop the driver's background monitors now rather than at runtime teardown.
+            client.shutdown().immediate(true).await;
+            return Err(self.connect_error(&e));
+        }
         Ok((client, db))
     }
-}
 
-/// A driver error's gist: server selection errors carry a whole topology dump.
-fn short(e: &mongodb::error::Error) -> String {
-    use mongodb::error::ErrorKind;
-    match e.kind.as_ref() {
-        ErrorKind::ServerSelection { .. } => {
-            "no server answered within the connect timeout".to_string()
+    fn connect_error(&self, e: &mongodb::error::Error) -> Error {
+        tracing::debug!(error = %e, "connecting failed");
+        let mut reason = driver_error_summary(e);
+        if matches!(
+            e.kind.as_ref(),
+            mongodb::error::ErrorKind::ServerSelection { .. }
+        ) {
+            reason.push_str(&format!(", waited {}s", self.connect_timeout.as_secs()));
         }
-        ErrorKind::Authentication { message, .. } => format!("authentication failed ({message})"),
-        ErrorKind::InvalidArgument { message, .. } => message.clone(),
-        _ => e.to_string().lines().next().unwrap_or_default().to_string(),
-    }
-}
-
-/// Removes the password if a driver message echoes the URI or its parts.
-fn scrub(message: &str, uri: &str) -> String {
-    let mut out = message.replace(uri, &redact(uri));
-    if let Some(rest) = uri.split_once("://").map(|(_, r)| r) {
-        let host_end = rest.find('/').unwrap_or(rest.len());
-        if let Some(at) = rest[..host_end].rfind('@') {
-            if let Some((_, password)) = rest[..at].split_once(':') {
-                if !password.is_empty() {
-                    out = out.replace(password, "***");
-                }
-            }
+        Error::Connect {
+            uri: self.redacted_uri(),
+            reason,
         }
     }
-    out
 }
 
 #[cfg(test)]

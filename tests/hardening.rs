@@ -548,3 +548,52 @@ async fn a_missing_env_file_named_with_the_flag_is_exit_3() {
         text(&out)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Connection errors
+
+#[tokio::test]
+async fn server_selection_failure_says_what_was_tried_and_what_failed_in_two_lines_at_most() {
+    let t = fresh_db("selection").await;
+    let base = t.uri.split('?').next().unwrap();
+    // The server answers, but no server suits this read preference: the driver's error is a
+    // whole topology description.
+    let unsuitable = format!("{base}?readPreference=secondary&readPreferenceTags=dc:nowhere");
+    let refused = UNREACHABLE.to_string();
+    for (uri, failed) in [(&unsuitable, "no server suits"), (&refused, "refused")] {
+        let out = t
+            .migrate_cmd(&["-v", "status", "--connect-timeout", "2"])
+            .env("MONGODB_URI", uri)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(3), "{uri}: {}", text(&out));
+        let errors: Vec<String> = stderr(&out)
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.contains("DEBUG"))
+            .map(str::to_string)
+            .collect();
+        let message = errors.join("\n");
+        assert!(errors.len() <= 2, "{message}");
+        assert!(
+            message.len() < 400,
+            "{} characters: {message}",
+            message.len()
+        );
+        assert!(!message.contains("Topology"), "{message}");
+        assert!(message.contains("cannot connect to"), "{message}");
+        assert!(
+            message.contains("127.0.0.1"),
+            "names the host tried: {message}"
+        );
+        assert!(
+            message.to_lowercase().contains(failed),
+            "says what failed: {message}"
+        );
+        assert!(message.contains("Check"), "says what to check: {message}");
+    }
+    let log = read(&t.log_file());
+    assert!(
+        log.contains("DEBUG") && log.contains("Topology"),
+        "the full driver error is in the log at debug level:\n{log}"
+    );
+}

@@ -272,25 +272,36 @@ pub fn main() -> i32 {
 
 async fn run(cli: Cli, settings: Settings) -> Result<()> {
     let config = settings.resolve()?;
-    let (_client, db) = config.connect().await?;
+    let (client, db) = config.connect().await?;
     tracing::debug!(uri = %config.redacted_uri(), database = %config.database, "connected");
-    match cli.command {
-        Command::Status { json } => {
-            let runner = MigrationRunner::new(db);
-            let status = runner.status().await?;
-            print_status(&status, json);
-            for (name, chunks) in runner.orphaned_before_images().await? {
-                print_err(format!(
-                    "warning: {chunks} chunk(s) of before-images of {name} in {} belong to no applied or partly applied migration; nothing will restore them\n",
-                    crate::backfill::BEFORE_IMAGES
-                ));
-            }
-            Ok(())
-        }
+    let result = match cli.command {
+        Command::Status { json } => status(db, json).await,
         Command::Up(args) => up(db, &config, args).await,
         Command::Rollback(args) => rollback(db, args).await,
         Command::SampleData(args) => sample_data(db, args).await,
+    };
+    // Shut the driver down while the runtime still runs: left to the runtime's teardown, its
+    // background tasks can panic on channels already closed.
+    if tokio::time::timeout(Duration::from_secs(5), client.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("the driver did not shut down within 5s");
     }
+    result
+}
+
+async fn status(db: mongodb::Database, json: bool) -> Result<()> {
+    let runner = MigrationRunner::new(db);
+    let status = runner.status().await?;
+    print_status(&status, json);
+    for (name, chunks) in runner.orphaned_before_images().await? {
+        print_err(format!(
+            "warning: {chunks} chunk(s) of before-images of {name} in {} belong to no applied or partly applied migration; nothing will restore them\n",
+            crate::backfill::BEFORE_IMAGES
+        ));
+    }
+    Ok(())
 }
 
 fn lock_options(options: &mut RunOptions, lock: &LockArgs) {

@@ -597,3 +597,46 @@ async fn server_selection_failure_says_what_was_tried_and_what_failed_in_two_lin
         "the full driver error is in the log at debug level:\n{log}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Shutdown
+
+#[tokio::test]
+async fn commands_never_print_a_panic_at_shutdown() {
+    let t = fresh_db("shutdown").await;
+    users(&t, 5).await;
+    assert!(t.migrate(&["up"]).status.success());
+    // The driver's panic at teardown was a race (about one run in a thousand, more under load):
+    // many short runs side by side make it show.
+    let base = t.uri.split('?').next().unwrap().to_string();
+    for round in 0..25 {
+        let children: Vec<Child> = (0..8)
+            .map(|i| {
+                // One `up` at a time: side by side they would meet the lock.
+                let mut cmd = match i {
+                    0 => t.migrate_cmd(&["up"]),
+                    1 | 5 => t.migrate_cmd(&["status", "--json"]),
+                    2 | 6 => t.migrate_cmd(&["up", "--dry-run"]),
+                    _ => t.migrate_cmd(&["status"]),
+                };
+                // Without directConnection the driver discovers the set: more background tasks.
+                if i % 2 == 1 {
+                    cmd.env("MONGODB_URI", &base);
+                }
+                cmd.stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                !stderr(&out).contains("panicked"),
+                "round {round}: {}",
+                text(&out)
+            );
+            assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        }
+    }
+}

@@ -196,6 +196,14 @@ fn parse_migration_number(s: &str) -> std::result::Result<u32, String> {
     }
 }
 
+/// The command being run, for the hint that continues it after an interruption.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Up,
+    Rollback,
+    Other,
+}
+
 /// Entry point of the binary: returns the process exit code.
 pub fn main() -> i32 {
     let parsed = Cli::command()
@@ -243,6 +251,11 @@ pub fn main() -> i32 {
     for warning in env_warnings {
         tracing::warn!("{warning}");
     }
+    let kind = match cli.command {
+        Command::Up(_) => Kind::Up,
+        Command::Rollback(_) => Kind::Rollback,
+        _ => Kind::Other,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -260,8 +273,10 @@ pub fn main() -> i32 {
                 tracing::debug!("driver error in full: {source}");
             }
             tracing::error!("{e}");
-            if matches!(e, Error::Cancelled) {
-                eprintln!("resume with: {}", resume_command());
+            if matches!(e, Error::Cancelled | Error::LockLost(_)) {
+                if let Some(hint) = continue_hint(kind) {
+                    print_err(format!("{hint}\n"));
+                }
             }
             e.exit_code()
         }
@@ -328,7 +343,7 @@ async fn up(db: mongodb::Database, config: &Config, args: UpArgs) -> Result<()> 
     };
     lock_options(&mut options, &args.lock);
     let runner = MigrationRunner::new(db).with_options(options);
-    let _signals = watch_signals(runner.stop_handle());
+    let _signals = watch_signals(runner.stop_handle(), Kind::Up);
     tracing::info!(database = %config.database, uri = %config.redacted_uri(), dry_run = args.dry_run, "migrate up");
     let report = runner.run_pending().await?;
     print_report(&report);
@@ -374,7 +389,7 @@ async fn rollback(db: mongodb::Database, args: RollbackArgs) -> Result<()> {
             ));
         }
     }
-    let _signals = watch_signals(runner.stop_handle());
+    let _signals = watch_signals(runner.stop_handle(), Kind::Rollback);
     let applied = runner.rollback_last().await?;
     print_out(format!(
         "rolled back {} in {:.1}s: {}",
@@ -420,7 +435,7 @@ async fn sample_data(db: mongodb::Database, args: SampleArgs) -> Result<()> {
 }
 
 /// First Ctrl-C / SIGTERM: stop after the batches in flight. Second: exit at once.
-fn watch_signals(stop: Stop) -> tokio::task::JoinHandle<()> {
+fn watch_signals(stop: Stop, kind: Kind) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut count = 0;
         loop {
@@ -430,10 +445,13 @@ fn watch_signals(stop: Stop) -> tokio::task::JoinHandle<()> {
                 tracing::warn!("stop requested: finishing the batches in flight and saving the checkpoint (Ctrl-C again to abort at once)");
                 stop.trigger(StopReason::Signal);
             } else {
-                eprintln!(
-                    "aborted; in-flight batches are redone safely by: {}",
-                    resume_command()
-                );
+                let again = match kind {
+                    Kind::Rollback => rerun_command(),
+                    _ => resume_command(),
+                };
+                print_err(format!(
+                    "aborted; the work in flight is redone safely by: {again}\n"
+                ));
                 std::process::exit(exit::INTERRUPTED);
             }
         }
@@ -453,6 +471,26 @@ async fn wait_for_signal() {
 #[cfg(not(unix))]
 async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// The one command that continues an interrupted `up` or `rollback`. An interrupted rollback
+/// leaves its migration `rolling back`, and `migrate rollback` run again picks that migration
+/// and finishes it (`up --resume` refuses it, and `rollback` has no `--resume`).
+fn continue_hint(kind: Kind) -> Option<String> {
+    match kind {
+        Kind::Up => Some(format!("resume with: {}", resume_command())),
+        Kind::Rollback => Some(format!("finish the rollback with: {}", rerun_command())),
+        Kind::Other => None,
+    }
+}
+
+/// The command line that was run, as it was (password hidden).
+fn rerun_command() -> String {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .map(|arg| crate::config::redact(&arg))
+        .collect();
+    format!("migrate {}", args.join(" "))
 }
 
 /// The command line that was run, with `--resume` instead of `--restart`, password hidden.

@@ -54,8 +54,9 @@ pub enum Error {
     #[error("gave up waiting {0:?} for the migration lock, still held by {1}. Try again later, or wait longer with a larger --wait-timeout")]
     LockTimeout(Duration, String),
 
-    /// The lease was lost mid-run (another runner took it over after our heartbeat failed).
-    #[error("lost the migration lock during the run ({0}); stopped so that two runners never write at once. Check `migrate status`, then `migrate up --resume`")]
+    /// The lease was lost mid-run (taken over after our heartbeat failed, or the heartbeat
+    /// itself died). The command that continues the work is the caller's to print.
+    #[error("lost the migration lock during the run ({0}); stopped so that two runners never write at once. Check `migrate status` before running again")]
     LockLost(String),
 
     /// An applied migration's source changed since it ran.
@@ -66,8 +67,9 @@ pub enum Error {
     #[error("migration {name} was interrupted (status running, last checkpoint {checkpoint}). Run `migrate up --resume` to continue it, or `migrate up --restart` to start it over")]
     Interrupted { name: String, checkpoint: String },
 
-    /// The run was stopped by a signal after saving its checkpoint.
-    #[error("interrupted: checkpoint saved. Resume with `migrate up --resume`")]
+    /// The run was stopped by a signal after saving its checkpoint. Which command continues it
+    /// depends on what was interrupted (`up` or `rollback`): the caller prints it.
+    #[error("interrupted: the work in flight was finished and the progress saved")]
     Cancelled,
 
     /// A migration's `up` or `down` failed.

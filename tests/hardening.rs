@@ -640,3 +640,96 @@ async fn commands_never_print_a_panic_at_shutdown() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Resuming an interrupted rollback
+
+impl Running {
+    /// Ctrl-C.
+    fn interrupt(&self) {
+        let pid = self.0.as_ref().unwrap().id() as libc::pid_t;
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGINT) },
+            0,
+            "sending SIGINT"
+        );
+    }
+}
+
+async fn before_images(t: &TestDb) -> u64 {
+    t.db.collection::<Document>("migrations_before_images")
+        .count_documents(doc! { "migration": "003_migrate_existing_user_balances" })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_interrupted_rollback_prints_the_one_command_that_finishes_it() {
+    let t = fresh_db("rollback_int").await;
+    let loaded = t.migrate(&["sample-data", "--users", "6000", "--withdrawals", "0"]);
+    assert_eq!(loaded.status.code(), Some(0), "{}", text(&loaded));
+    let first = t.migrate(&["up", "--to", "2"]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first));
+    let before = t.all("users").await;
+    // Small batches: one before-image chunk each, so the restore takes many steps.
+    let applied = t.migrate(&["up", "--batch-size", "25", "--no-progress"]);
+    assert_eq!(applied.status.code(), Some(0), "{}", text(&applied));
+    let chunks = before_images(&t).await;
+    assert!(chunks > 100, "{chunks} chunks");
+
+    let child = t
+        .migrate_cmd(&["rollback", "--yes"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut rollback = Running(Some(child));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while before_images(&t).await >= chunks {
+        assert!(
+            !rollback.has_exited(),
+            "the rollback ended before it could be interrupted"
+        );
+        assert!(Instant::now() < deadline, "the rollback never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    rollback.interrupt();
+    let out = rollback.output().await;
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert!(
+        before_images(&t).await > 0,
+        "interrupted part-way: {}",
+        text(&out)
+    );
+    assert_eq!(
+        t.status("003_migrate_existing_user_balances").await,
+        "rolling_back"
+    );
+    assert!(
+        !err.contains("--resume"),
+        "no resume flag works for a rollback:\n{err}"
+    );
+    let hints: Vec<&str> = err.lines().filter(|l| l.contains("migrate ")).collect();
+    assert_eq!(
+        hints,
+        ["finish the rollback with: migrate rollback --yes"],
+        "{err}"
+    );
+
+    // The printed command is the one that works.
+    let command = hints[0].split_once("migrate ").unwrap().1;
+    let args: Vec<&str> = command.split_whitespace().collect();
+    let finished = t.migrate(&args);
+    assert_eq!(finished.status.code(), Some(0), "{}", text(&finished));
+    assert_eq!(
+        t.status("003_migrate_existing_user_balances").await,
+        "rolled_back"
+    );
+    assert_eq!(before_images(&t).await, 0);
+    assert_eq!(
+        t.all("users").await,
+        before,
+        "every user is back as before 003"
+    );
+}

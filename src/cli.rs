@@ -3,9 +3,11 @@
 
 use crate::config::{Config, Settings};
 use crate::error::{exit, Error, Result};
+use crate::logging::{print_err, print_out};
 use crate::migration::{RunOptions, Stop, StopReason};
 use crate::runner::{MigrationRunner, MigrationStatus, RunReport, State};
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,6 +23,13 @@ pub struct Cli {
     command: Command,
 }
 
+/// `println!` with the line's secrets hidden (see [`print_out`]).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        print_out(format!($($arg)*))
+    };
+}
+
 const EXIT_CODES: &str = "Exit codes: 0 success, 1 migration failed, 2 usage error, 3 configuration or connection error, 4 lock held by another run, 5 refused (drift, interrupted migration, no down, not confirmed), 130 interrupted (checkpoint saved).";
 
 #[derive(Debug, Args)]
@@ -31,7 +40,8 @@ struct GlobalArgs {
     /// Database name (overrides the URI's path)
     #[arg(long = "db", env = "MONGODB_DB", global = true)]
     database: Option<String>,
-    /// File of KEY=value defaults read after flags and the environment
+    /// File of KEY=value defaults read after flags and the environment (must exist when named
+    /// with this flag)
     #[arg(long, env = "MIGRATE_ENV_FILE", global = true, default_value = ".env")]
     env_file: PathBuf,
     /// Directory of migration.log
@@ -72,8 +82,8 @@ struct LockArgs {
     /// With --wait, give up after this many seconds
     #[arg(long, requires = "wait", value_name = "SECS")]
     wait_timeout: Option<u64>,
-    /// Lock lease in seconds: a run that stops renewing it loses the lock after this
-    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(3..))]
+    /// Lock lease in seconds (5 to 3600): a run that stops renewing it loses the lock after this
+    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(crate::lock::MIN_LEASE.as_secs()..=crate::lock::MAX_LEASE.as_secs()))]
     lock_lease: u64,
     /// Run even though an applied migration's source changed since it ran
     #[arg(long)]
@@ -107,7 +117,7 @@ struct UpArgs {
     #[arg(long)]
     no_progress: bool,
     /// Run pending migrations only up to and including this number (e.g. --to 2)
-    #[arg(long, value_name = "NNN")]
+    #[arg(long, value_name = "NNN", value_parser = parse_migration_number)]
     to: Option<u32>,
     /// How backfills catch up with documents the application changes meanwhile: `auto` follows
     /// the change stream (resumable from the token saved with each checkpoint) where the
@@ -167,47 +177,106 @@ fn parse_rate(s: &str) -> std::result::Result<f64, String> {
     }
 }
 
+/// `--to NNN`: a number of a migration compiled into this build, checked before connecting.
+fn parse_migration_number(s: &str) -> std::result::Result<u32, String> {
+    let number: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a migration number (e.g. 2 or 002)"))?;
+    let known: Vec<String> = crate::registry::compiled()
+        .iter()
+        .map(|m| format!("{:03}", m.number))
+        .collect();
+    if known.contains(&format!("{number:03}")) {
+        Ok(number)
+    } else {
+        Err(format!(
+            "no migration is numbered {number:03}; this build has {}",
+            known.join(", ")
+        ))
+    }
+}
+
+/// The command being run, for the hint that continues it after an interruption.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Up,
+    Rollback,
+    Other,
+}
+
 /// Entry point of the binary: returns the process exit code.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let (cli, matches) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) if e.use_stderr() => {
+            // Clap's message may quote any argument, `--uri` included.
+            print_err(e.render().to_string());
+            return exit::USAGE;
+        }
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::SUCCESS
-            };
+            return exit::SUCCESS;
         }
     };
-    let settings = Settings {
+    let mut settings = Settings {
         uri: cli.global.uri.clone(),
         database: cli.global.database.clone(),
         env_file: Some(cli.global.env_file.clone()),
         log_dir: cli.global.log_dir.clone(),
         connect_timeout: Some(Duration::from_secs(cli.global.connect_timeout)),
     };
+    // A file named with --env-file must be there; the default `.env` (or MIGRATE_ENV_FILE) may
+    // be absent. Read before logging starts, since it may name the log directory.
+    let named = matches.value_source("env_file") == Some(ValueSource::CommandLine);
+    let applied = settings.apply_env_file(named);
+    // From here on, every output hides this URI's secrets, whatever its shape.
+    if let Some(uri) = &settings.uri {
+        crate::config::register_secrets(uri);
+    }
+    let env_warnings = match applied {
+        Ok(warnings) => warnings,
+        Err(e) => {
+            print_err(format!("error: {e}\n"));
+            return e.exit_code();
+        }
+    };
     let verbosity = cli.global.verbose as i8 - cli.global.quiet as i8;
     if let Err(e) = crate::logging::init(&settings.log_dir(), verbosity) {
-        eprintln!("error: {e}");
+        print_err(format!("error: {e}\n"));
         return e.exit_code();
     }
+    for warning in env_warnings {
+        tracing::warn!("{warning}");
+    }
+    let kind = match cli.command {
+        Command::Up(_) => Kind::Up,
+        Command::Rollback(_) => Kind::Rollback,
+        _ => Kind::Other,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            print_err(format!("error: cannot start the async runtime: {e}\n"));
             return exit::CONFIG;
         }
     };
     let code = match runtime.block_on(run(cli, settings)) {
         Ok(()) => exit::SUCCESS,
         Err(e) => {
+            if let Error::Db { source, .. } = &e {
+                tracing::debug!("driver error in full: {source}");
+            }
             tracing::error!("{e}");
-            if matches!(e, Error::Cancelled) {
-                eprintln!("resume with: {}", resume_command());
+            if matches!(e, Error::Cancelled | Error::LockLost(_)) {
+                if let Some(hint) = continue_hint(kind) {
+                    print_err(format!("{hint}\n"));
+                }
             }
             e.exit_code()
         }
@@ -218,25 +287,36 @@ pub fn main() -> i32 {
 
 async fn run(cli: Cli, settings: Settings) -> Result<()> {
     let config = settings.resolve()?;
-    let (_client, db) = config.connect().await?;
+    let (client, db) = config.connect().await?;
     tracing::debug!(uri = %config.redacted_uri(), database = %config.database, "connected");
-    match cli.command {
-        Command::Status { json } => {
-            let runner = MigrationRunner::new(db);
-            let status = runner.status().await?;
-            print_status(&status, json);
-            for (name, chunks) in runner.orphaned_before_images().await? {
-                eprintln!(
-                    "warning: {chunks} chunk(s) of before-images of {name} in {} belong to no applied or partly applied migration; nothing will restore them",
-                    crate::backfill::BEFORE_IMAGES
-                );
-            }
-            Ok(())
-        }
+    let result = match cli.command {
+        Command::Status { json } => status(db, json).await,
         Command::Up(args) => up(db, &config, args).await,
         Command::Rollback(args) => rollback(db, args).await,
         Command::SampleData(args) => sample_data(db, args).await,
+    };
+    // Shut the driver down while the runtime still runs: left to the runtime's teardown, its
+    // background tasks can panic on channels already closed.
+    if tokio::time::timeout(Duration::from_secs(5), client.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("the driver did not shut down within 5s");
     }
+    result
+}
+
+async fn status(db: mongodb::Database, json: bool) -> Result<()> {
+    let runner = MigrationRunner::new(db);
+    let status = runner.status().await?;
+    print_status(&status, json);
+    for (name, chunks) in runner.orphaned_before_images().await? {
+        print_err(format!(
+            "warning: {chunks} chunk(s) of before-images of {name} in {} belong to no applied or partly applied migration; nothing will restore them\n",
+            crate::backfill::BEFORE_IMAGES
+        ));
+    }
+    Ok(())
 }
 
 fn lock_options(options: &mut RunOptions, lock: &LockArgs) {
@@ -263,7 +343,7 @@ async fn up(db: mongodb::Database, config: &Config, args: UpArgs) -> Result<()> 
     };
     lock_options(&mut options, &args.lock);
     let runner = MigrationRunner::new(db).with_options(options);
-    let _signals = watch_signals(runner.stop_handle());
+    let _signals = watch_signals(runner.stop_handle(), Kind::Up);
     tracing::info!(database = %config.database, uri = %config.redacted_uri(), dry_run = args.dry_run, "migrate up");
     let report = runner.run_pending().await?;
     print_report(&report);
@@ -290,15 +370,15 @@ async fn rollback(db: mongodb::Database, args: RollbackArgs) -> Result<()> {
             )));
         }
         if matches!(target.state, State::Failed | State::Running) {
-            eprint!(
+            print_err(format!(
                 "{} is {} part-way: undo its partial writes ({})? Type 'yes' to confirm: ",
                 target.name, target.state, target.description
-            );
+            ));
         } else {
-            eprint!(
+            print_err(format!(
                 "Roll back {} ({})? Type 'yes' to confirm: ",
                 target.name, target.description
-            );
+            ));
         }
         let _ = std::io::stderr().flush();
         let mut answer = String::new();
@@ -309,14 +389,14 @@ async fn rollback(db: mongodb::Database, args: RollbackArgs) -> Result<()> {
             ));
         }
     }
-    let _signals = watch_signals(runner.stop_handle());
+    let _signals = watch_signals(runner.stop_handle(), Kind::Rollback);
     let applied = runner.rollback_last().await?;
-    println!(
+    print_out(format!(
         "rolled back {} in {:.1}s: {}",
         applied.name,
         applied.duration.as_secs_f64(),
         applied.outcome.message
-    );
+    ));
     Ok(())
 }
 
@@ -350,15 +430,12 @@ async fn sample_data(db: mongodb::Database, args: SampleArgs) -> Result<()> {
         withdrawals = report.withdrawals,
         "sample data loaded"
     );
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&report).unwrap_or_default()
-    );
+    print_out(serde_json::to_string_pretty(&report).unwrap_or_default());
     Ok(())
 }
 
 /// First Ctrl-C / SIGTERM: stop after the batches in flight. Second: exit at once.
-fn watch_signals(stop: Stop) -> tokio::task::JoinHandle<()> {
+fn watch_signals(stop: Stop, kind: Kind) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut count = 0;
         loop {
@@ -368,10 +445,13 @@ fn watch_signals(stop: Stop) -> tokio::task::JoinHandle<()> {
                 tracing::warn!("stop requested: finishing the batches in flight and saving the checkpoint (Ctrl-C again to abort at once)");
                 stop.trigger(StopReason::Signal);
             } else {
-                eprintln!(
-                    "aborted; in-flight batches are redone safely by: {}",
-                    resume_command()
-                );
+                let again = match kind {
+                    Kind::Rollback => rerun_command(),
+                    _ => resume_command(),
+                };
+                print_err(format!(
+                    "aborted; the work in flight is redone safely by: {again}\n"
+                ));
                 std::process::exit(exit::INTERRUPTED);
             }
         }
@@ -391,6 +471,26 @@ async fn wait_for_signal() {
 #[cfg(not(unix))]
 async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
+}
+
+/// The one command that continues an interrupted `up` or `rollback`. An interrupted rollback
+/// leaves its migration `rolling back`, and `migrate rollback` run again picks that migration
+/// and finishes it (`up --resume` refuses it, and `rollback` has no `--resume`).
+fn continue_hint(kind: Kind) -> Option<String> {
+    match kind {
+        Kind::Up => Some(format!("resume with: {}", resume_command())),
+        Kind::Rollback => Some(format!("finish the rollback with: {}", rerun_command())),
+        Kind::Other => None,
+    }
+}
+
+/// The command line that was run, as it was (password hidden).
+fn rerun_command() -> String {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .map(|arg| crate::config::redact(&arg))
+        .collect();
+    format!("migrate {}", args.join(" "))
 }
 
 /// The command line that was run, with `--resume` instead of `--restart`, password hidden.
@@ -421,7 +521,7 @@ fn resume_command() -> String {
 
 fn print_report(report: &RunReport) {
     if report.applied.is_empty() {
-        println!("nothing to migrate: every migration is applied");
+        out!("nothing to migrate: every migration is applied");
         return;
     }
     for applied in &report.applied {
@@ -430,7 +530,7 @@ fn print_report(report: &RunReport) {
         } else {
             "applied"
         };
-        println!(
+        out!(
             "{verb} {} in {:.1}s: {}",
             applied.name,
             applied.duration.as_secs_f64(),
@@ -439,29 +539,33 @@ fn print_report(report: &RunReport) {
         if report.dry_run && !applied.outcome.result.is_empty() {
             let json = mongodb::bson::Bson::Document(applied.outcome.result.clone())
                 .into_relaxed_extjson();
-            println!(
+            out!(
                 "{}",
                 serde_json::to_string_pretty(&json).unwrap_or_default()
             );
         }
     }
     if report.dry_run {
-        println!("dry run: nothing was written");
+        out!("dry run: nothing was written");
     }
 }
 
 fn print_status(status: &[MigrationStatus], json: bool) {
     if json {
         let value = serde_json::to_value(status).unwrap_or_default();
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&value).unwrap_or_default()
         );
         return;
     }
-    println!(
+    out!(
         "{:<4} {:<42} {:<22} {:<20} {:>9}  NOTE",
-        "#", "MIGRATION", "STATE", "EXECUTED AT (UTC)", "DURATION"
+        "#",
+        "MIGRATION",
+        "STATE",
+        "EXECUTED AT (UTC)",
+        "DURATION"
     );
     for m in status {
         let record = m.record.as_ref();
@@ -502,7 +606,7 @@ fn print_status(status: &[MigrationStatus], json: bool) {
         } else {
             format!("{:03}", m.number)
         };
-        println!(
+        out!(
             "{number:<4} {:<42} {:<22} {when:<20} {duration:>9}  {note}",
             m.name,
             m.state.to_string()

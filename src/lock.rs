@@ -1,16 +1,23 @@
 //! A lease lock so two runners never work on one database at once.
 //!
-//! The lock is one document in `migrations_lock`. Taking it is an insert (the unique `_id` makes
-//! exactly one of two racing runners win) or a guarded update that replaces a holder whose lease
-//! expired, or whose process is gone from this same host. The holder renews the lease from a
-//! background task; if renewal finds the lock taken over, the run is stopped, because from then on
-//! two runners could write.
+//! The lock is one document in `migrations_lock`. Taking it is an upsert (the unique `_id` makes
+//! exactly one of two racing runners win), or a guarded update that replaces a holder whose lease
+//! expired, or whose process is gone from this same host.
+//! Every time in the lock is the server's (`$$NOW`): runners on hosts with skewed clocks judge a
+//! lease by one clock, so none can steal a live lease or write one that is already over.
+//!
+//! The holder renews the lease from a background task; if renewal finds the lock taken over, or
+//! the task dies (a panic), the run is stopped, because from then on two runners could write.
 
 use crate::error::{Error, Result};
 use crate::migration::{Stop, StopReason};
 use crate::store::Actor;
-use mongodb::bson::{doc, oid::ObjectId, DateTime, Document};
+use futures::FutureExt;
+use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
+use mongodb::options::ReturnDocument;
 use mongodb::{Collection, Database};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -19,11 +26,17 @@ use tracing::{info, warn};
 pub const LOCK_COLLECTION: &str = "migrations_lock";
 const LOCK_ID: &str = "migrate";
 
+/// Shortest lease `migrate` accepts: renewal every third of it must fit in a slow network's
+/// round trips.
+pub const MIN_LEASE: Duration = Duration::from_secs(5);
+/// Longest lease: a crashed holder on another host blocks every run this long.
+pub const MAX_LEASE: Duration = Duration::from_secs(3600);
+
 /// A held lock. Call [`LockGuard::release`] on every path; dropping it only stops the heartbeat.
 pub struct LockGuard {
     coll: Collection<Document>,
     token: ObjectId,
-    heartbeat: JoinHandle<()>,
+    heartbeat: Heartbeat,
 }
 
 /// How to take the lock.
@@ -33,14 +46,61 @@ pub struct LockRequest {
     pub actor: Actor,
     /// What is being run (`up`, `rollback`).
     pub command: String,
-    /// Lease length; renewed every third of it.
+    /// Lease length; renewed every third of it. At most [`MAX_LEASE`].
     pub lease: Duration,
     /// `None`: fail at once when held; `Some(None)`: wait forever; `Some(Some(d))`: wait up to `d`.
     pub wait: Option<Option<Duration>>,
 }
 
+/// Who holds the lock, for messages.
+struct Holder {
+    who: String,
+    since: String,
+    expires: String,
+}
+
+impl Holder {
+    fn from_lock(lock: &Document) -> Holder {
+        let time = |k: &str| {
+            lock.get_datetime(k)
+                .map(|t| t.try_to_rfc3339_string().unwrap_or_default())
+                .unwrap_or_else(|_| "?".into())
+        };
+        Holder {
+            who: describe(lock),
+            since: time("acquiredAt"),
+            expires: time("expiresAt"),
+        }
+    }
+
+    fn into_error(self) -> Error {
+        Error::Locked {
+            holder: self.who,
+            since: self.since,
+            expires: self.expires,
+        }
+    }
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (since {}, lease until {})",
+            self.who, self.since, self.expires
+        )
+    }
+}
+
 /// Takes the lock, or fails with [`Error::Locked`] naming the holder.
 pub async fn acquire(db: &Database, request: &LockRequest, stop: &Stop) -> Result<LockGuard> {
+    if request.lease.is_zero() || request.lease > MAX_LEASE {
+        return Err(Error::Config(format!(
+            "lock lease of {:?} is out of range: it must be more than 0 and at most {}s",
+            request.lease,
+            MAX_LEASE.as_secs()
+        )));
+    }
     let coll: Collection<Document> = db.collection(LOCK_COLLECTION);
     let token = ObjectId::new();
     let started = tokio::time::Instant::now();
@@ -50,7 +110,7 @@ pub async fn acquire(db: &Database, request: &LockRequest, stop: &Stop) -> Resul
             None => break,
             Some(held) => {
                 let Some(limit) = request.wait else {
-                    return Err(held);
+                    return Err(held.into_error());
                 };
                 if let Some(limit) = limit {
                     if started.elapsed() >= limit {
@@ -58,7 +118,7 @@ pub async fn acquire(db: &Database, request: &LockRequest, stop: &Stop) -> Resul
                     }
                 }
                 if !announced {
-                    info!("waiting for the lock: {held}");
+                    info!("waiting for the lock held by {held}");
                     announced = true;
                 }
                 tokio::select! {
@@ -69,7 +129,10 @@ pub async fn acquire(db: &Database, request: &LockRequest, stop: &Stop) -> Resul
         }
     }
     info!(holder = %request.actor, command = %request.command, "lock acquired");
-    let heartbeat = tokio::spawn(renew(coll.clone(), token, request.lease, stop.clone()));
+    let heartbeat = Heartbeat::start(
+        renew(coll.clone(), token, request.lease, stop.clone()),
+        stop.clone(),
+    );
     Ok(LockGuard {
         coll,
         token,
@@ -77,64 +140,114 @@ pub async fn acquire(db: &Database, request: &LockRequest, stop: &Stop) -> Resul
     })
 }
 
-/// `Ok(None)` when acquired, `Ok(Some(Error::Locked))` when held by someone else.
+fn lease_ms(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// `$$NOW + lease` on the server. (`$dateAdd` rather than `$add` of a date and a number: both
+/// are MongoDB, but not every MongoDB-compatible server takes `$add` over a date.)
+fn server_now_plus(lease: Duration) -> Document {
+    doc! { "$dateAdd": { "startDate": "$$NOW", "unit": "millisecond", "amount": lease_ms(lease) } }
+}
+
+/// The lock document as an update pipeline, its times taken from the server's clock. Strings
+/// go through `$literal`: in a pipeline, a value starting with `$` would be read as a field.
+fn holder_pipeline(token: ObjectId, request: &LockRequest) -> Vec<Document> {
+    let literal = |s: &str| doc! { "$literal": s };
+    vec![doc! {
+        "$replaceWith": {
+            "_id": LOCK_ID,
+            "token": token,
+            "host": literal(&request.actor.host),
+            "pid": request.actor.pid as i64,
+            "user": literal(&request.actor.user),
+            "command": literal(&request.command),
+            "acquiredAt": "$$NOW",
+            "heartbeatAt": "$$NOW",
+            "expiresAt": server_now_plus(request.lease),
+        }
+    }]
+}
+
+/// `Ok(None)` when acquired, `Ok(Some(holder))` when held by someone else.
 async fn try_acquire(
     coll: &Collection<Document>,
     token: ObjectId,
     request: &LockRequest,
-) -> Result<Option<Error>> {
-    let now = DateTime::now();
-    let lease_ms = request.lease.as_millis() as i64;
-    let holder = doc! {
-        "_id": LOCK_ID,
-        "token": token,
-        "host": &request.actor.host,
-        "pid": request.actor.pid as i64,
-        "user": &request.actor.user,
-        "command": &request.command,
-        "acquiredAt": now,
-        "heartbeatAt": now,
-        "expiresAt": DateTime::from_millis(now.timestamp_millis() + lease_ms),
-    };
-    match coll.insert_one(holder.clone()).await {
+) -> Result<Option<Holder>> {
+    // A free lock: an upsert matching our own new token never matches, so it inserts, and the
+    // unique `_id` makes it fail while anyone holds the lock. (An upsert, not an insert, so the
+    // times come from the server.)
+    match coll
+        .update_one(
+            doc! { "_id": LOCK_ID, "token": token },
+            holder_pipeline(token, request),
+        )
+        .upsert(true)
+        .await
+    {
         Ok(_) => return Ok(None),
         Err(e) if is_duplicate_key(&e) => {}
         Err(e) => return Err(Error::db("taking the migration lock")(e)),
+    }
+    // An expired lease, judged by the server's clock in the same step that takes it over.
+    let expired = doc! { "_id": LOCK_ID, "$expr": { "$lt": ["$expiresAt", "$$NOW"] } };
+    let previous = coll
+        .find_one_and_update(expired, holder_pipeline(token, request))
+        .return_document(ReturnDocument::Before)
+        .await
+        .map_err(Error::db("taking over the migration lock"))?;
+    if let Some(previous) = previous {
+        warn!(
+            previous = %describe(&previous),
+            reason = "its lease expired",
+            "took over the migration lock"
+        );
+        return Ok(None);
     }
     let Some(current) = coll
         .find_one(doc! { "_id": LOCK_ID })
         .await
         .map_err(Error::db("reading the migration lock"))?
     else {
-        // Released between our insert and read: try again at once.
+        // Released meanwhile: try again at once.
         return Box::pin(try_acquire(coll, token, request)).await;
     };
-    let expired = current
-        .get_datetime("expiresAt")
-        .map(|t| *t < now)
-        .unwrap_or(true);
-    let dead = holder_is_dead_here(&current, &request.actor);
-    if expired || dead {
-        let old_token = current
-            .get("token")
-            .cloned()
-            .unwrap_or(mongodb::bson::Bson::Null);
+    if holder_is_dead_here(&current, &request.actor) {
+        let old_token = current.get("token").cloned().unwrap_or(Bson::Null);
         let taken = coll
-            .replace_one(doc! { "_id": LOCK_ID, "token": old_token }, holder)
+            .find_one_and_update(
+                doc! { "_id": LOCK_ID, "token": old_token },
+                holder_pipeline(token, request),
+            )
             .await
             .map_err(Error::db("taking over the migration lock"))?;
-        if taken.matched_count == 1 {
+        if taken.is_some() {
             warn!(
                 previous = %describe(&current),
-                reason = if dead { "its process is gone" } else { "its lease expired" },
+                reason = "its process is gone",
                 "took over the migration lock"
             );
             return Ok(None);
         }
         // Someone else took it over first.
-        return Ok(Some(locked(coll).await?));
+        let current = coll
+            .find_one(doc! { "_id": LOCK_ID })
+            .await
+            .map_err(Error::db("reading the migration lock"))?
+            .unwrap_or_default();
+        return Ok(Some(Holder::from_lock(&current)));
     }
-    Ok(Some(locked_from(&current)))
+    Ok(Some(Holder::from_lock(&current)))
+}
+
+/// The pid stored in a lock, whichever integer type wrote it.
+fn stored_pid(lock: &Document) -> Option<i64> {
+    match lock.get("pid")? {
+        Bson::Int64(pid) => Some(*pid),
+        Bson::Int32(pid) => Some(i64::from(*pid)),
+        _ => None,
+    }
 }
 
 /// A holder on this host whose pid no longer exists crashed: waiting out its lease helps no one.
@@ -143,46 +256,16 @@ fn holder_is_dead_here(current: &Document, me: &Actor) -> bool {
         .get_str("host")
         .map(|h| h == me.host)
         .unwrap_or(false);
-    let pid = current
-        .get_i64("pid")
-        .ok()
-        .or_else(|| current.get_i32("pid").ok().map(i64::from));
-    match pid {
-        Some(pid) if same_host && pid as u32 != me.pid && cfg!(target_os = "linux") => {
+    match stored_pid(current) {
+        Some(pid) if same_host && pid != i64::from(me.pid) && cfg!(target_os = "linux") => {
             !std::path::Path::new(&format!("/proc/{pid}")).exists()
         }
         _ => false,
     }
 }
 
-async fn locked(coll: &Collection<Document>) -> Result<Error> {
-    let current = coll
-        .find_one(doc! { "_id": LOCK_ID })
-        .await
-        .map_err(Error::db("reading the migration lock"))?
-        .unwrap_or_default();
-    Ok(locked_from(&current))
-}
-
-fn locked_from(current: &Document) -> Error {
-    let fmt = |k: &str| {
-        current
-            .get_datetime(k)
-            .map(|t| t.try_to_rfc3339_string().unwrap_or_default())
-            .unwrap_or_default()
-    };
-    Error::Locked {
-        holder: describe(current),
-        since: fmt("acquiredAt"),
-        expires: fmt("expiresAt"),
-    }
-}
-
 fn describe(lock: &Document) -> String {
-    let pid = lock
-        .get_i64("pid")
-        .map(|p| p.to_string())
-        .unwrap_or_else(|_| "?".into());
+    let pid = stored_pid(lock).map_or_else(|| "?".into(), |p| p.to_string());
     format!(
         "`migrate {}` by {}@{} pid {}",
         lock.get_str("command").unwrap_or("?"),
@@ -206,16 +289,15 @@ fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
 async fn renew(coll: Collection<Document>, token: ObjectId, lease: Duration, stop: Stop) {
     let period = (lease / 3).max(Duration::from_millis(200));
     let mut valid_until = tokio::time::Instant::now() + lease;
+    let extend = vec![doc! { "$set": {
+        "heartbeatAt": "$$NOW",
+        "expiresAt": server_now_plus(lease),
+    } }];
     loop {
         tokio::time::sleep(period).await;
-        let now = DateTime::now();
-        let expires = DateTime::from_millis(now.timestamp_millis() + lease.as_millis() as i64);
         let attempt = tokio::time::Instant::now();
         match coll
-            .update_one(
-                doc! { "_id": LOCK_ID, "token": token },
-                doc! { "$set": { "heartbeatAt": now, "expiresAt": expires } },
-            )
+            .update_one(doc! { "_id": LOCK_ID, "token": token }, extend.clone())
             .await
         {
             Ok(r) if r.matched_count == 1 => valid_until = attempt + lease,
@@ -236,6 +318,61 @@ async fn renew(coll: Collection<Document>, token: ObjectId, lease: Duration, sto
     }
 }
 
+/// The renewal task, watched: if it ends while the lock is held (a panic, or any other end
+/// without a stop of its own), the run is stopped with [`Error::LockLost`], since nothing renews
+/// the lease any more and another runner may take it.
+struct Heartbeat {
+    task: JoinHandle<()>,
+    released: Arc<AtomicBool>,
+}
+
+impl Heartbeat {
+    fn start(renewal: impl std::future::Future<Output = ()> + Send + 'static, stop: Stop) -> Self {
+        let released = Arc::new(AtomicBool::new(false));
+        let watchdog = Watchdog {
+            stop: stop.clone(),
+            released: released.clone(),
+        };
+        let task = tokio::spawn(async move {
+            let outcome = std::panic::AssertUnwindSafe(renewal).catch_unwind().await;
+            if let Err(panic) = outcome {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".into());
+                stop.trigger(StopReason::LockLost(format!(
+                    "the task renewing its lease panicked: {what}"
+                )));
+            }
+            drop(watchdog);
+        });
+        Heartbeat { task, released }
+    }
+
+    /// Ends the renewal on purpose (the lock is being released).
+    fn stop(&self) {
+        self.released.store(true, Ordering::SeqCst);
+        self.task.abort();
+    }
+}
+
+/// Stops the run when the renewal task ends without having been told to.
+struct Watchdog {
+    stop: Stop,
+    released: Arc<AtomicBool>,
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if !self.released.load(Ordering::SeqCst) {
+            self.stop.trigger(StopReason::LockLost(
+                "the task renewing its lease ended".into(),
+            ));
+        }
+    }
+}
+
 impl LockGuard {
     /// The token of this hold: the fencing token of every tracking write made under it.
     pub fn token(&self) -> ObjectId {
@@ -244,7 +381,7 @@ impl LockGuard {
 
     /// Stops renewing and deletes the lock (only if still ours).
     pub async fn release(self) -> Result<()> {
-        self.heartbeat.abort();
+        self.heartbeat.stop();
         self.coll
             .delete_one(doc! { "_id": LOCK_ID, "token": self.token })
             .await
@@ -258,6 +395,56 @@ impl LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        self.heartbeat.abort();
+        self.heartbeat.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_heartbeat_that_panics_stops_the_run_with_lock_lost() {
+        let stop = Stop::default();
+        let heartbeat = Heartbeat::start(
+            async { panic!("overflow when adding duration to instant") },
+            stop.clone(),
+        );
+        tokio::time::timeout(Duration::from_secs(5), stop.stopped())
+            .await
+            .expect("the run is stopped");
+        let err = stop.error();
+        assert!(
+            matches!(&err, Error::LockLost(why) if why.contains("panicked: overflow")),
+            "{err}"
+        );
+        heartbeat.stop();
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_that_ends_unasked_stops_the_run() {
+        let stop = Stop::default();
+        let _heartbeat = Heartbeat::start(async {}, stop.clone());
+        tokio::time::timeout(Duration::from_secs(5), stop.stopped())
+            .await
+            .expect("the run is stopped");
+        assert!(matches!(stop.error(), Error::LockLost(why) if why.contains("ended")));
+    }
+
+    #[tokio::test]
+    async fn a_released_heartbeat_stops_nothing() {
+        let stop = Stop::default();
+        let heartbeat = Heartbeat::start(std::future::pending(), stop.clone());
+        heartbeat.stop();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!stop.is_stopped());
+    }
+
+    #[test]
+    fn holder_pid_reads_int32_and_int64() {
+        let int32 = doc! { "command": "up", "user": "bob", "host": "h", "pid": 777_i32 };
+        let int64 = doc! { "command": "up", "user": "bob", "host": "h", "pid": 777_i64 };
+        assert_eq!(describe(&int32), "`migrate up` by bob@h pid 777");
+        assert_eq!(describe(&int64), describe(&int32));
     }
 }

@@ -41,7 +41,8 @@ pub struct Actor {
 }
 
 impl Actor {
-    /// The current process.
+    /// The current process. The user is `$USER` (`%USERNAME%`), else the name of the process's
+    /// uid (services and containers often run without `$USER`), else the uid itself.
     pub fn current() -> Self {
         Actor {
             host: hostname::get()
@@ -50,9 +51,48 @@ impl Actor {
             pid: std::process::id(),
             user: std::env::var("USER")
                 .or_else(|_| std::env::var("USERNAME"))
-                .unwrap_or_else(|_| "unknown".into()),
+                .ok()
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(os_user),
         }
     }
+}
+
+/// The name of the effective uid from the user database, or the uid as a number.
+#[cfg(unix)]
+fn os_user() -> String {
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let mut buf: Vec<libc::c_char> = vec![0; 1024];
+    loop {
+        // SAFETY: an all-zero passwd is a valid value (null pointers, zero ids).
+        let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call, `buf` for `buf.len()` bytes; on success
+        // the strings of `entry` point into `buf`, which outlives their use below.
+        let rc =
+            unsafe { libc::getpwuid_r(uid, &mut entry, buf.as_mut_ptr(), buf.len(), &mut found) };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 || found.is_null() || entry.pw_name.is_null() {
+            return uid.to_string();
+        }
+        // SAFETY: pw_name is a NUL-terminated string inside `buf`.
+        let name = unsafe { std::ffi::CStr::from_ptr(entry.pw_name) };
+        let name = name.to_string_lossy().into_owned();
+        return if name.is_empty() {
+            uid.to_string()
+        } else {
+            name
+        };
+    }
+}
+
+#[cfg(not(unix))]
+fn os_user() -> String {
+    "unknown".into()
 }
 
 impl std::fmt::Display for Actor {

@@ -5,6 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The lock's clock tests run clients with a skewed clock through faketime.
+if ! command -v faketime >/dev/null 2>&1; then
+  echo "installing faketime (clock-skew tests of the lock)"
+  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq faketime
+fi
+
 if [ -z "${MONGODB_URI:-}" ]; then
   bash scripts/install-test-server.sh
   export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"

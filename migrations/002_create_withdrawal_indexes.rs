@@ -160,13 +160,31 @@ impl Migration for CreateWithdrawalIndexes {
     }
 
     async fn up(&self, ctx: &Context) -> Result<Outcome> {
-        let plan = plan(ctx.db()).await?;
-        let created: Vec<String> = plan
-            .create
-            .iter()
-            .map(|(c, _, n)| format!("{c}.{n}"))
-            .collect();
+        let mut plan = plan(ctx.db()).await?;
+        // Indexes an earlier attempt created before it failed or was killed are this
+        // migration's own, though they are present now: `down` must drop them too.
+        let earlier: Vec<String> = ctx
+            .failed_attempt()
+            .or(ctx.checkpoint())
+            .and_then(|cp| cp.get_array("created").ok())
+            .map(|list| {
+                list.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        plan.present.retain(|p| !earlier.contains(p));
+        let mut created = earlier;
+        for (c, _, n) in &plan.create {
+            let qualified = format!("{c}.{n}");
+            if !created.contains(&qualified) {
+                created.push(qualified);
+            }
+        }
         if !ctx.dry_run() {
+            // Saved before anything is built, so a failure part-way still knows what is ours.
+            ctx.save_checkpoint(doc! { "created": created.clone() })
+                .await?;
             for collection in ["withdrawals", "users"] {
                 let models: Vec<IndexModel> = plan
                     .create

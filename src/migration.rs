@@ -169,6 +169,7 @@ pub struct Context {
     pub(crate) name: String,
     pub(crate) options: RunOptions,
     pub(crate) checkpoint: Option<Document>,
+    pub(crate) failed_attempt: Option<Document>,
     pub(crate) applied_result: Option<Document>,
     pub(crate) store: Store,
     pub(crate) stop: Stop,
@@ -194,6 +195,11 @@ impl Context {
     /// The checkpoint saved by an interrupted run, when resuming.
     pub fn checkpoint(&self) -> Option<&Document> {
         self.checkpoint.as_ref()
+    }
+    /// When re-running a failed migration: the checkpoint its failed attempt saved (for work a
+    /// resume does not redo but that still belongs to the migration, such as indexes built).
+    pub fn failed_attempt(&self) -> Option<&Document> {
+        self.failed_attempt.as_ref()
     }
     /// In a `down`: the result the migration's `up` recorded.
     pub fn applied_result(&self) -> Option<&Document> {

@@ -282,6 +282,7 @@ impl MigrationRunner {
             name: name.to_string(),
             options: self.options.clone(),
             checkpoint,
+            failed_attempt: None,
             applied_result: None,
             store: self.store.clone(),
             stop: self.stop.clone(),
@@ -295,10 +296,8 @@ impl MigrationRunner {
         }
         self.store.ensure_indexes().await?;
         let lock = self.lock("up").await?;
-        let result = match self.store.fence(lock.token()).await {
-            Ok(()) => self.run_locked().await,
-            Err(e) => Err(e),
-        };
+        self.store.fence(lock.token());
+        let result = self.run_locked().await;
         self.store.unfence();
         release(lock).await;
         result
@@ -340,7 +339,10 @@ impl MigrationRunner {
                 }
                 None => info!(migration = registered.name, "migration started"),
             }
-            let ctx = self.context(registered.name, checkpoint);
+            let mut ctx = self.context(registered.name, checkpoint);
+            if entry.state == State::Failed {
+                ctx.failed_attempt = entry.record.as_ref().and_then(|r| r.checkpoint.clone());
+            }
             let result = match registered.migration.up(&ctx).await {
                 Ok(outcome) if outcome.success => registered
                     .migration
@@ -455,10 +457,8 @@ impl MigrationRunner {
     pub async fn rollback_last(&self) -> Result<Applied> {
         self.store.ensure_indexes().await?;
         let lock = self.lock("rollback").await?;
-        let result = match self.store.fence(lock.token()).await {
-            Ok(()) => self.rollback_locked().await,
-            Err(e) => Err(e),
-        };
+        self.store.fence(lock.token());
+        let result = self.rollback_locked().await;
         self.store.unfence();
         release(lock).await;
         result

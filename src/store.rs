@@ -140,10 +140,12 @@ pub struct Record {
 
 /// Access to the tracking collection.
 ///
-/// Under the lock every write is fenced: the records carry the lock's token (`lockToken`, set on
-/// all of them when the lock is taken), and each write is conditioned on it. A runner that lost
-/// the lock (paused past its lease while another took over) finds its token gone on its next
-/// write and stops at once, without touching the records.
+/// Under the lock every write is fenced: a runner claims a record by writing its lock's token
+/// into it (`lockToken`) when it begins working on it, and every later write is conditioned on
+/// that token. A runner that lost the lock (paused past its lease while another took over and
+/// claimed the record) finds its token gone on its next write and stops at once, without
+/// touching the records. Records nobody works on are never written, so a refused run changes
+/// nothing.
 #[derive(Debug, Clone)]
 pub struct Store {
     coll: Collection<Document>,
@@ -168,15 +170,9 @@ impl Store {
         }
     }
 
-    /// Takes the records over for the lock holding `token`: every record gets it, and every
-    /// later write of this store is conditioned on it.
-    pub async fn fence(&self, token: ObjectId) -> Result<()> {
-        self.coll
-            .update_many(doc! {}, doc! { "$set": { "lockToken": token } })
-            .await
-            .map_err(Error::db("fencing the tracking records"))?;
+    /// Fences this store's writes with the token of the lock it holds.
+    pub fn fence(&self, token: ObjectId) {
         *self.fence.write().unwrap_or_else(|e| e.into_inner()) = Some(token);
-        Ok(())
     }
 
     /// Ends fencing (the lock was released).
@@ -184,9 +180,13 @@ impl Store {
         *self.fence.write().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
+    fn token(&self) -> Option<ObjectId> {
+        *self.fence.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The filter of `name`'s record, with the fencing token when fenced.
     fn record(&self, name: &str) -> Document {
-        match *self.fence.read().unwrap_or_else(|e| e.into_inner()) {
+        match self.token() {
             Some(token) => doc! { "name": name, "lockToken": token },
             None => doc! { "name": name },
         }
@@ -201,18 +201,26 @@ impl Store {
 
     /// An update of one record: fenced, and the lock counted lost when its token is gone (an
     /// upsert then collides with the record's unique name).
+    /// `claim` writes the token into the record instead of requiring it (the first write of a
+    /// run to a record).
     async fn update_record(
         &self,
         name: &str,
-        update: Document,
+        mut update: Document,
         upsert: bool,
+        claim: bool,
         what: String,
     ) -> Result<()> {
-        let result = self
-            .coll
-            .update_one(self.record(name), update)
-            .upsert(upsert)
-            .await;
+        let filter = match (claim, self.token()) {
+            (true, Some(token)) => {
+                if let Ok(set) = update.get_document_mut("$set") {
+                    set.insert("lockToken", token);
+                }
+                doc! { "name": name }
+            }
+            _ => self.record(name),
+        };
+        let result = self.coll.update_one(filter, update).upsert(upsert).await;
         match result {
             Ok(r) if self.is_fenced() && r.matched_count == 0 && r.upserted_id.is_none() => {
                 Err(fenced())
@@ -300,8 +308,14 @@ impl Store {
                 .unwrap()
                 .insert("checkpoint", "");
         }
-        self.update_record(name, update, true, format!("recording {name} as running"))
-            .await
+        self.update_record(
+            name,
+            update,
+            true,
+            true,
+            format!("recording {name} as running"),
+        )
+        .await
     }
 
     /// Stores the backfill resume point.
@@ -310,6 +324,7 @@ impl Store {
         self.update_record(
             name,
             doc! { "$set": { "checkpoint": checkpoint } },
+            false,
             false,
             format!("saving the checkpoint of {name}"),
         )
@@ -360,17 +375,20 @@ impl Store {
             name,
             update,
             true,
+            false,
             format!("recording the end of {action} for {name}"),
         )
         .await
     }
 
-    /// Sets fields without a history entry (e.g. `rolling_back`).
+    /// Sets fields without a history entry (e.g. `rolling_back`), claiming the record for this
+    /// run's lock.
     pub async fn set(&self, name: &str, fields: Document) -> Result<()> {
         self.update_record(
             name,
             doc! { "$set": fields },
             false,
+            true,
             format!("updating the record of {name}"),
         )
         .await

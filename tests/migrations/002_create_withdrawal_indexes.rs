@@ -433,3 +433,49 @@ async fn dry_run_creates_no_index_and_reports_what_it_would_create() {
     assert_eq!(indexes(&t, "withdrawals").await.len(), 1);
     assert!(t.record(NAME).await.is_none());
 }
+
+#[tokio::test]
+async fn indexes_built_before_a_failure_part_way_are_still_dropped_by_down() {
+    let t = fresh_db("m002_partial").await;
+    seed_collections(&t).await;
+    let runner = runner(&t, options());
+    runner.run_pending().await.unwrap();
+    // The state a failure while building the users indexes leaves (the test server builds
+    // every index MongoDB refuses, so the failure itself cannot be provoked here): the
+    // withdrawals indexes built, the users ones not, the record failed with the checkpoint
+    // `up` saves before it builds anything.
+    for (collection, name, _) in EXPECTED {
+        if collection == "users" {
+            t.db.collection::<Document>("users")
+                .drop_index(name)
+                .await
+                .unwrap();
+        }
+    }
+    let record = t.record(NAME).await.unwrap();
+    let created = record
+        .get_document("result")
+        .unwrap()
+        .get_array("created")
+        .unwrap()
+        .clone();
+    t.db.collection::<Document>("migrations")
+        .update_one(
+            doc! { "name": NAME },
+            doc! { "$set": { "status": "failed", "error": "creating indexes on users: ...", "checkpoint": { "created": created } } },
+        )
+        .await
+        .unwrap();
+
+    let report = runner.run_pending().await.unwrap();
+    assert_eq!(
+        report.applied[0].outcome.result,
+        doc! { "created": qualified(|_| true), "present": Bson::Array(vec![]) },
+        "the withdrawals indexes of the failed attempt are reported as created, not present"
+    );
+    let applied = runner.rollback_last().await.unwrap();
+    assert_eq!(
+        applied.outcome.result,
+        doc! { "dropped": qualified(|_| true) }
+    );
+}

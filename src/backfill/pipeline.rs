@@ -379,6 +379,7 @@ fn spawn_catch_up(
     let mut spec = spec.clone();
     // The application is writing these very documents: guarded per document.
     spec.fast_path = None;
+    spec.per_document_images = true;
     tokio::spawn(async move {
         let token = taken.token.as_ref().and_then(token_to_bson);
         let stats = process_ids(&ctx, &spec, taken.ids).await?;
@@ -402,6 +403,7 @@ fn spawn_batch(
     let mut spec = spec.clone();
     if live {
         spec.fast_path = None;
+        spec.per_document_images = true;
     }
     tokio::spawn(async move {
         let options = ctx.options();

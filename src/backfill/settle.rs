@@ -33,6 +33,7 @@ pub async fn process_ids(ctx: &Context, spec: &Backfill, ids: Vec<Bson>) -> Resu
     // The application is writing these very documents: guarded per document.
     let mut spec = spec.clone();
     spec.fast_path = None;
+    spec.per_document_images = true;
     let spec = &spec;
     let mut stats = Stats::default();
     for chunk in ids.chunks(options.batch_size.max(1)) {

@@ -97,6 +97,9 @@ pub struct Backfill {
     pub transform: Transform,
     /// Keep before-images of every changed document so `down` can restore them exactly.
     pub before_images: bool,
+    /// Save one before-image per document (indexed by document) instead of one per batch: set
+    /// while the application writes, when catch-up looks images up by document.
+    pub per_document_images: bool,
     /// Save checkpoints (off for work that simply restarts, such as a `down`).
     pub checkpoints: bool,
     /// Label of the progress bar and log lines.
@@ -137,6 +140,7 @@ impl Backfill {
             fields: Vec::new(),
             transform,
             before_images: false,
+            per_document_images: false,
             checkpoints: true,
             fast_path: None,
             catch_up: None,

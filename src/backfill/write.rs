@@ -377,7 +377,9 @@ pub async fn client_batch(
             break;
         }
         let mut chunk = None;
-        if spec.before_images {
+        if spec.before_images && spec.per_document_images {
+            save_per_document(db, spec, migration, &planned, stop).await?;
+        } else if spec.before_images {
             let entries: Vec<Bson> = planned
                 .iter()
                 .map(|p| Bson::Document(before_image(p)))
@@ -649,64 +651,73 @@ pub async fn recompute_owned(
         return Ok(stats);
     }
     let images = db.collection::<Document>(super::BEFORE_IMAGES);
-    // Looked up by document only when the application writes during a run: the index is made
-    // then, so a quiet run never pays for keeping it.
-    let index = mongodb::IndexModel::builder()
-        .keys(doc! { "migration": 1, "entries._id": 1 })
-        .build();
-    if INDEXED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(db.name().to_string())
-    {
-        with_retry("indexing before-images", stop, || {
-            images.create_index(index.clone())
-        })
-        .await?;
-    }
-    let latest: Vec<Document> = with_retry("reading before-images", stop, || async {
+    ensure_image_indexes(db, stop).await?;
+    // Images saved one per document (while the application writes) are found by index; only
+    // documents not among them are looked for in the batch images of quieter stretches.
+    let single: Vec<Document> = with_retry("reading before-images", stop, || async {
         images
-            .aggregate(vec![
-                doc! { "$match": { "migration": migration, "entries._id": { "$in": ids.clone() } } },
-                doc! { "$sort": { "_id": -1 } },
-                doc! { "$unwind": "$entries" },
-                doc! { "$match": { "entries._id": { "$in": ids.clone() } } },
-                doc! { "$replaceRoot": { "newRoot": "$entries" } },
-            ])
+            .find(doc! { "migration": migration, "doc": { "$in": ids.clone() } })
+            .sort(doc! { "_id": -1 })
+            .projection(doc! { "entries": 1 })
             .await?
             .try_collect()
             .await
     })
     .await?;
-    // Newest chunk first. A batch saves its entries before it writes, and a write whose guard
-    // failed leaves an entry that never happened: the entry that counts is the newest one whose
-    // `after` the document holds.
-    let mut entries: std::collections::HashMap<Vec<u8>, Vec<Document>> = Default::default();
-    for e in latest {
-        if let Some(id) = e.get("_id") {
-            entries
-                .entry(super::catch_up::key_of(id))
-                .or_default()
-                .push(e);
-        }
-    }
-    if entries.is_empty() {
-        return Ok(stats);
-    }
-    let owned: Vec<Bson> = entries
-        .values()
-        .filter_map(|e| e.first()?.get("_id").cloned())
-        .collect();
     let coll = db.collection::<Document>(&spec.collection);
     let projection = projection(&spec.fields);
     let current: Vec<Document> = with_retry("re-reading written documents", stop, || async {
-        coll.find(doc! { "_id": { "$in": owned.clone() } })
+        coll.find(doc! { "_id": { "$in": ids.clone() } })
             .projection(projection.clone())
             .await?
             .try_collect()
             .await
     })
     .await?;
+    // Newest first. A batch saves its entries before it writes, and a write whose guard failed
+    // leaves an entry that never happened: the entry that counts is the newest one whose `after`
+    // the document holds.
+    let mut entries: std::collections::HashMap<Vec<u8>, Vec<Document>> = Default::default();
+    group(
+        &mut entries,
+        single
+            .into_iter()
+            .filter_map(|c| c.get_array("entries").ok()?.first()?.as_document().cloned())
+            .collect(),
+    );
+    let holds = |doc: &Document, e: &Document| {
+        let after = e.get_document("after").cloned().unwrap_or_default();
+        already_applied(doc, &after, &strings_of(e, "removed"))
+    };
+    // Documents none of whose single images they hold: look in the batch images.
+    let missing: Vec<Bson> = current
+        .iter()
+        .filter(|d| {
+            d.get("_id").is_some_and(|id| {
+                entries
+                    .get(&super::catch_up::key_of(id))
+                    .is_none_or(|es| !es.iter().any(|e| holds(d, e)))
+            })
+        })
+        .filter_map(|d| d.get("_id").cloned())
+        .collect();
+    if !missing.is_empty() {
+        let older: Vec<Document> = with_retry("reading before-images", stop, || async {
+            images
+                .aggregate(vec![
+                    doc! { "$match": { "migration": migration, "doc": { "$exists": false }, "entries._id": { "$in": missing.clone() } } },
+                    doc! { "$sort": { "_id": -1 } },
+                    doc! { "$unwind": "$entries" },
+                    doc! { "$match": { "entries._id": { "$in": missing.clone() } } },
+                    doc! { "$replaceRoot": { "newRoot": "$entries" } },
+                ])
+                .await?
+                .try_collect()
+                .await
+        })
+        .await?;
+        group(&mut entries, older);
+    }
     let mut planned = Vec::new();
     for doc in current {
         let Some(id) = doc.get("_id").cloned() else {
@@ -715,10 +726,7 @@ pub async fn recompute_owned(
         let Some(candidates) = entries.get(&super::catch_up::key_of(&id)) else {
             continue;
         };
-        let Some(entry) = candidates.iter().find(|e| {
-            let after = e.get_document("after").cloned().unwrap_or_default();
-            already_applied(&doc, &after, &strings_of(e, "removed"))
-        }) else {
+        let Some(entry) = candidates.iter().find(|e| holds(&doc, e)) else {
             continue; // the application changed a written field: its value now
         };
         let after = entry.get_document("after").cloned().unwrap_or_default();
@@ -781,16 +789,7 @@ pub async fn recompute_owned(
     if planned.is_empty() {
         return Ok(stats);
     }
-    let chunk = doc! {
-        "migration": migration,
-        "collection": &spec.collection,
-        "createdAt": DateTime::now(),
-        "entries": planned.iter().map(|p| Bson::Document(before_image(p))).collect::<Vec<_>>(),
-    };
-    with_retry("saving before-images", stop, || {
-        images.insert_one(chunk.clone())
-    })
-    .await?;
+    save_per_document(db, spec, migration, &planned, stop).await?;
     let statements: Vec<Document> = planned.iter().map(statement).collect();
     let result = update_command(db, &spec.collection, statements, stop).await?;
     if !result.errors.is_empty() {
@@ -802,6 +801,18 @@ pub async fn recompute_owned(
     Ok(stats)
 }
 
+/// Adds before-image entries to the per-document lists, keeping their order.
+fn group(entries: &mut std::collections::HashMap<Vec<u8>, Vec<Document>>, found: Vec<Document>) {
+    for e in found {
+        if let Some(id) = e.get("_id") {
+            entries
+                .entry(super::catch_up::key_of(id))
+                .or_default()
+                .push(e);
+        }
+    }
+}
+
 fn strings_of(entry: &Document, key: &str) -> Vec<String> {
     entry
         .get_array(key)
@@ -811,4 +822,64 @@ fn strings_of(entry: &Document, key: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Saves one before-image per document: a chunk of one entry, with the document's `_id` in `doc`
+/// so catch-up finds it by index. Restores read them like any chunk.
+async fn save_per_document(
+    db: &Database,
+    spec: &Backfill,
+    migration: &str,
+    planned: &[Planned],
+    stop: &Stop,
+) -> Result<()> {
+    if planned.is_empty() {
+        return Ok(());
+    }
+    ensure_image_indexes(db, stop).await?;
+    let now = DateTime::now();
+    let chunks: Vec<Document> = planned
+        .iter()
+        .map(|p| {
+            doc! {
+                "migration": migration,
+                "collection": &spec.collection,
+                "createdAt": now,
+                "doc": p.id.clone(),
+                "entries": [Bson::Document(before_image(p))],
+            }
+        })
+        .collect();
+    let images = db.collection::<Document>(super::BEFORE_IMAGES);
+    with_retry("saving before-images", stop, || {
+        images.insert_many(chunks.clone()).ordered(false)
+    })
+    .await?;
+    Ok(())
+}
+
+/// The indexes that find before-images by document, made once per database and process, and
+/// only when the application writes during a run (a quiet run never pays for keeping them).
+async fn ensure_image_indexes(db: &Database, stop: &Stop) -> Result<()> {
+    if !INDEXED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(db.name().to_string())
+    {
+        return Ok(());
+    }
+    let images = db.collection::<Document>(super::BEFORE_IMAGES);
+    let indexes = vec![
+        mongodb::IndexModel::builder()
+            .keys(doc! { "migration": 1, "doc": 1 })
+            .build(),
+        mongodb::IndexModel::builder()
+            .keys(doc! { "migration": 1, "entries._id": 1 })
+            .build(),
+    ];
+    with_retry("indexing before-images", stop, || {
+        images.create_indexes(indexes.clone())
+    })
+    .await?;
+    Ok(())
 }

@@ -148,8 +148,16 @@ async fn assert_balances_follow_current_earnings(t: &TestDb, before: &HashMap<St
     );
 }
 
-/// Rollback put every user's withdrawal fields back exactly.
+/// Rollback put every user's withdrawal fields back exactly, and, since the writer never touches
+/// them, reported no user as changed since the migration.
 async fn assert_fields_restored(t: &TestDb, before: &HashMap<String, Document>) {
+    if let Some(report) = t
+        .record(M003)
+        .await
+        .and_then(|r| r.get_document("rollbackResult").ok().cloned())
+    {
+        assert_eq!(report.get_i64("conflicts").unwrap(), 0, "{report}");
+    }
     let now = withdrawal_fields(t).await;
     let wrong: Vec<_> = before
         .iter()

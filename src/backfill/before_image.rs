@@ -13,6 +13,7 @@ use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::Database;
 use serde::Serialize;
+use std::collections::HashMap;
 
 /// Collection holding before-images.
 pub const BEFORE_IMAGES: &str = "migrations_before_images";
@@ -42,34 +43,129 @@ impl RestoreReport {
     }
 }
 
-/// Restores every document `migration` changed, newest chunk first, deleting each chunk once
-/// applied (so an interrupted restore resumes where it stopped).
+/// Entries restored per `update` command: chunks are read newest first until this many entries.
+const RESTORE_BATCH: usize = 1000;
+
+/// Restores every document `migration` changed, newest entry first, deleting the chunks once
+/// applied (so an interrupted restore resumes where it stopped). Chunks are taken together until
+/// about [`RESTORE_BATCH`] entries, so one-entry chunks (saved per document while the application
+/// wrote) cost no more than batch chunks.
 pub async fn restore(db: &Database, migration: &str, stop: &Stop) -> Result<RestoreReport> {
     let chunks = db.collection::<Document>(BEFORE_IMAGES);
     let mut report = RestoreReport::default();
+    // Documents not in the before-state of their oldest entry seen so far: an older entry (in a
+    // later batch) may still restore them; whatever is left at the end changed since.
+    let mut unresolved: HashMap<Vec<u8>, (String, Document)> = HashMap::new();
     loop {
         if stop.is_stopped() {
             return Err(stop.error());
         }
         let filter = doc! { "migration": migration };
-        let chunk = with_retry("reading before-images", stop, || {
-            chunks.find_one(filter.clone()).sort(doc! { "_id": -1 })
+        let found: Vec<Document> = with_retry("reading before-images", stop, || async {
+            chunks
+                .find(filter.clone())
+                .sort(doc! { "_id": -1 })
+                .limit(RESTORE_BATCH as i64)
+                .await?
+                .try_collect()
+                .await
         })
         .await?;
-        let Some(chunk) = chunk else { break };
-        let collection = chunk.get_str("collection").unwrap_or("users").to_string();
-        let entries: Vec<Document> = chunk
-            .get_array("entries")
-            .map(|a| a.iter().filter_map(|e| e.as_document().cloned()).collect())
-            .unwrap_or_default();
-        restore_chunk(db, &collection, &entries, &mut report, stop).await?;
-        let id = chunk.get("_id").cloned().unwrap_or(Bson::Null);
-        with_retry("deleting an applied before-image", stop, || {
-            chunks.delete_one(doc! { "_id": id.clone() })
+        if found.is_empty() {
+            break;
+        }
+        // By collection, newest first, up to RESTORE_BATCH entries (at least one chunk).
+        let collection = found[0]
+            .get_str("collection")
+            .unwrap_or("users")
+            .to_string();
+        let mut taken = Vec::new();
+        let mut entries: Vec<Document> = Vec::new();
+        for chunk in &found {
+            if chunk.get_str("collection").unwrap_or("users") != collection
+                || (!taken.is_empty() && entries.len() >= RESTORE_BATCH)
+            {
+                break;
+            }
+            taken.push(chunk.get("_id").cloned().unwrap_or(Bson::Null));
+            entries.extend(
+                chunk
+                    .get_array("entries")
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|e| e.as_document().cloned())
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default(),
+            );
+        }
+        restore_entries(
+            db,
+            &collection,
+            &entries,
+            &mut report,
+            &mut unresolved,
+            stop,
+        )
+        .await?;
+        with_retry("deleting applied before-images", stop, || {
+            chunks.delete_many(doc! { "_id": { "$in": taken.clone() } })
         })
         .await?;
     }
+    // What no older entry restored was changed since the migration wrote it.
+    let mut by_collection: HashMap<String, Vec<Document>> = HashMap::new();
+    for (collection, entry) in unresolved.into_values() {
+        by_collection.entry(collection).or_default().push(entry);
+    }
+    for (collection, entries) in by_collection {
+        let current = current_of(db, &collection, &entries, stop).await?;
+        for e in &entries {
+            if !in_before_state(&current, e) {
+                report.conflicts += 1;
+                if report.conflict_samples.len() < super::INVALID_SAMPLES {
+                    report
+                        .conflict_samples
+                        .push(e.get("_id").cloned().unwrap_or(Bson::Null));
+                }
+            }
+        }
+    }
     Ok(report)
+}
+
+async fn current_of(
+    db: &Database,
+    collection: &str,
+    entries: &[Document],
+    stop: &Stop,
+) -> Result<Vec<Document>> {
+    let ids: Vec<Bson> = entries
+        .iter()
+        .filter_map(|e| e.get("_id").cloned())
+        .collect();
+    let coll = db.collection::<Document>(collection);
+    with_retry("checking restored documents", stop, || async {
+        coll.find(doc! { "_id": { "$in": ids.clone() } })
+            .await?
+            .try_collect()
+            .await
+    })
+    .await
+}
+
+/// Whether the document of `e` holds `e`'s before-state.
+fn in_before_state(current: &[Document], e: &Document) -> bool {
+    let id = e.get("_id");
+    let before = e.get_document("before").cloned().unwrap_or_default();
+    let absent = strings(e, "absent");
+    current
+        .iter()
+        .find(|d| d.get("_id") == id)
+        .is_some_and(|d| {
+            before.iter().all(|(k, v)| d.get(k) == Some(v))
+                && absent.iter().all(|k| !d.contains_key(k))
+        })
 }
 
 fn strings(entry: &Document, key: &str) -> Vec<String> {
@@ -83,11 +179,14 @@ fn strings(entry: &Document, key: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn restore_chunk(
+/// Restores `entries` (newest first) in one ordered `update` command: several entries of one
+/// document then apply newest to oldest, each guarded on what its write left.
+async fn restore_entries(
     db: &Database,
     collection: &str,
     entries: &[Document],
     report: &mut RestoreReport,
+    unresolved: &mut HashMap<Vec<u8>, (String, Document)>,
     stop: &Stop,
 ) -> Result<()> {
     if entries.is_empty() {
@@ -126,7 +225,7 @@ async fn restore_chunk(
     let matched = if statements.is_empty() {
         0
     } else {
-        let command = doc! { "update": collection, "updates": statements, "ordered": false };
+        let command = doc! { "update": collection, "updates": statements, "ordered": true };
         let reply = with_retry(&format!("restoring a batch of {collection}"), stop, || {
             db.run_command(command.clone())
         })
@@ -138,43 +237,31 @@ async fn restore_chunk(
             .max(0) as u64
     };
     report.restored += matched;
+    // The oldest entry of each document in this batch decides where it should now stand.
+    let mut oldest: HashMap<Vec<u8>, &Document> = HashMap::new();
+    for e in entries {
+        if let Some(id) = e.get("_id") {
+            oldest.insert(super::catch_up::key_of(id), e);
+        }
+    }
     if matched == entries.len() as u64 {
+        for key in oldest.keys() {
+            unresolved.remove(key);
+        }
         return Ok(());
     }
     // Some guards failed: tell "already restored" from "changed since" by looking.
-    let ids: Vec<Bson> = entries
-        .iter()
-        .filter_map(|e| e.get("_id").cloned())
-        .collect();
-    let coll = db.collection::<Document>(collection);
-    let current: Vec<Document> = with_retry("checking restored documents", stop, || async {
-        coll.find(doc! { "_id": { "$in": ids.clone() } })
-            .await?
-            .try_collect()
-            .await
-    })
-    .await?;
-    let mut in_before_state = 0u64;
-    for e in entries {
-        let id = e.get("_id");
-        let doc = current.iter().find(|d| d.get("_id") == id);
-        let before = e.get_document("before").cloned().unwrap_or_default();
-        let absent = strings(e, "absent");
-        let ok = doc.is_some_and(|d| {
-            before.iter().all(|(k, v)| d.get(k) == Some(v))
-                && absent.iter().all(|k| !d.contains_key(k))
-        });
-        if ok {
-            in_before_state += 1;
+    let latest: Vec<Document> = oldest.values().map(|e| (*e).clone()).collect();
+    let current = current_of(db, collection, &latest, stop).await?;
+    let mut in_before = 0u64;
+    for (key, e) in &oldest {
+        if in_before_state(&current, e) {
+            in_before += 1;
+            unresolved.remove(key);
         } else {
-            report.conflicts += 1;
-            if report.conflict_samples.len() < super::INVALID_SAMPLES {
-                report
-                    .conflict_samples
-                    .push(id.cloned().unwrap_or(Bson::Null));
-            }
+            unresolved.insert(key.clone(), (collection.to_string(), (*e).clone()));
         }
     }
-    report.already += in_before_state.saturating_sub(matched);
+    report.already += in_before.saturating_sub(matched);
     Ok(())
 }

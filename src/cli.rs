@@ -569,8 +569,17 @@ fn print_status(status: &[MigrationStatus], json: bool) {
     );
     for m in status {
         let record = m.record.as_ref();
+        // A migration in progress (or interrupted) shows when this attempt started, not when an
+        // earlier one completed.
+        let in_progress = matches!(m.state, State::Running | State::RollingBack);
         let when = record
-            .and_then(|r| r.executed_at.or(r.started_at))
+            .and_then(|r| {
+                if in_progress {
+                    r.started_at
+                } else {
+                    r.executed_at.or(r.started_at)
+                }
+            })
             .map(|t| t.to_chrono().format("%Y-%m-%d %H:%M:%S").to_string())
             .unwrap_or_else(|| "-".into());
         let duration = record

@@ -236,7 +236,6 @@ async fn restore_entries(
             .unwrap_or(0)
             .max(0) as u64
     };
-    report.restored += matched;
     // The oldest entry of each document in this batch decides where it should now stand.
     let mut oldest: HashMap<Vec<u8>, &Document> = HashMap::new();
     for e in entries {
@@ -245,12 +244,14 @@ async fn restore_entries(
         }
     }
     if matched == entries.len() as u64 {
+        // Every entry applied: each document is back (counted once, however many entries).
         for key in oldest.keys() {
             unresolved.remove(key);
         }
+        report.restored += oldest.len() as u64;
         return Ok(());
     }
-    // Some guards failed: tell "already restored" from "changed since" by looking.
+    // Some guards failed: tell "restored", "already restored" and "changed since" by looking.
     let latest: Vec<Document> = oldest.values().map(|e| (*e).clone()).collect();
     let current = current_of(db, collection, &latest, stop).await?;
     let mut in_before = 0u64;
@@ -262,6 +263,10 @@ async fn restore_entries(
             unresolved.insert(key.clone(), (collection.to_string(), (*e).clone()));
         }
     }
-    report.already += in_before.saturating_sub(matched);
+    // Documents back in their before-state that no statement matched were already there.
+    let unmatched = entries.len() as u64 - matched.min(entries.len() as u64);
+    let already = unmatched.min(in_before);
+    report.already += already;
+    report.restored += in_before - already;
     Ok(())
 }

@@ -68,7 +68,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Revert the last completed migration with its `down`
+    /// Revert the last migration touched: the last completed one with its `down`, or the partial
+    /// writes of one that failed or was interrupted
     Rollback(RollbackArgs),
     /// Load realistic LMS sample data (users and withdrawals) into the database
     SampleData(SampleArgs),

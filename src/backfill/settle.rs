@@ -15,12 +15,14 @@ use super::checkpoint::{to_checkpoint, Stats};
 use super::retry::with_retry;
 use super::scan::Position;
 use super::spec::{Backfill, CatchUp, Change, Transform};
-use super::write::{and, client_batch, projection, recompute_owned, server_batch, Scope};
+use super::write::{
+    and, client_batch, projection, recompute_owned, recompute_with, server_batch, Scope,
+};
 use crate::error::{Error, Result};
 use crate::migration::Context;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use tracing::{info, warn};
 
 /// Rounds over the candidates before the run gives up (each finds what the previous one's
@@ -236,41 +238,69 @@ async fn owned_pass(ctx: &Context, spec: &Backfill, stats: &mut Stats) -> Result
     if !spec.before_images || ctx.dry_run() {
         return Ok(Vec::new());
     }
+    // Chunks newest first, each document decided by the first (newest) entry met: the chunk in
+    // hand says what was written, so no lookup by document is needed.
     let images = ctx.db().collection::<Document>(super::BEFORE_IMAGES);
     let mut cursor = with_retry("reading before-images", ctx.stop(), || {
-        images.aggregate(vec![
-            doc! { "$match": { "migration": ctx.name() } },
-            doc! { "$unwind": "$entries" },
-            doc! { "$project": { "_id": "$entries._id" } },
-        ])
+        images
+            .find(doc! { "migration": ctx.name() })
+            .sort(doc! { "_id": -1 })
     })
     .await?;
+    let coll = ctx.db().collection::<Document>(&spec.collection);
+    let projection = projection(&spec.fields);
     let batch = ctx.options().batch_size.max(1);
+    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+    let mut pending: HashMap<Vec<u8>, Vec<Document>> = HashMap::new();
     let mut rewritten = Vec::new();
-    let mut ids = Vec::new();
     loop {
         let next = cursor
             .try_next()
             .await
             .map_err(Error::db("reading before-images"))?;
         let end = next.is_none();
-        if let Some(id) = next.and_then(|d| d.get("_id").cloned()) {
-            ids.push(id);
+        for entry in next
+            .as_ref()
+            .and_then(|c| c.get_array("entries").ok())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.as_document())
+        {
+            if let Some(id) = entry.get("_id") {
+                let key = key_of(id);
+                if seen.insert(key.clone()) {
+                    pending.insert(key, vec![entry.clone()]);
+                }
+            }
         }
-        if ids.len() >= batch || (end && !ids.is_empty()) {
-            let chunk = std::mem::take(&mut ids);
-            let part = recompute_owned(
+        if pending.len() >= batch || (end && !pending.is_empty()) {
+            let entries = std::mem::take(&mut pending);
+            let ids: Vec<Bson> = entries
+                .values()
+                .filter_map(|e| e.first()?.get("_id").cloned())
+                .collect();
+            let current: Vec<Document> =
+                with_retry("re-reading written documents", ctx.stop(), || async {
+                    coll.find(doc! { "_id": { "$in": ids.clone() } })
+                        .projection(projection.clone())
+                        .await?
+                        .try_collect()
+                        .await
+                })
+                .await?;
+            let part = recompute_with(
                 ctx.db(),
                 spec,
                 transform,
                 ctx.name(),
-                chunk.clone(),
+                current,
+                &entries,
                 ctx.stop(),
             )
             .await?;
             if part.modified > 0 {
-                // Which ones is not reported by the write; the chunk stands for them.
-                rewritten.extend(chunk.into_iter().take(part.modified as usize));
+                // Which ones is not reported by the write; the batch stands for them.
+                rewritten.extend(ids.into_iter().take(part.modified as usize));
             }
             stats.absorb_catch_up(part);
         }

@@ -646,9 +646,8 @@ pub async fn recompute_owned(
     ids: Vec<Bson>,
     stop: &Stop,
 ) -> Result<Stats> {
-    let mut stats = Stats::default();
     if ids.is_empty() || !spec.before_images {
-        return Ok(stats);
+        return Ok(Stats::default());
     }
     let images = db.collection::<Document>(super::BEFORE_IMAGES);
     ensure_image_indexes(db, stop).await?;
@@ -718,6 +717,25 @@ pub async fn recompute_owned(
         .await?;
         group(&mut entries, older);
     }
+    recompute_with(db, spec, transform, migration, current, &entries, stop).await
+}
+
+/// Recomputes the documents `current` (read with the spec's projection) from their before-image
+/// `entries` (per document, newest first): see [`recompute_owned`].
+pub async fn recompute_with(
+    db: &Database,
+    spec: &Backfill,
+    transform: &DocTransform,
+    migration: &str,
+    current: Vec<Document>,
+    entries: &std::collections::HashMap<Vec<u8>, Vec<Document>>,
+    stop: &Stop,
+) -> Result<Stats> {
+    let mut stats = Stats::default();
+    let holds = |doc: &Document, e: &Document| {
+        let after = e.get_document("after").cloned().unwrap_or_default();
+        already_applied(doc, &after, &strings_of(e, "removed"))
+    };
     let mut planned = Vec::new();
     for doc in current {
         let Some(id) = doc.get("_id").cloned() else {

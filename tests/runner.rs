@@ -5,6 +5,7 @@ mod common;
 
 use async_trait::async_trait;
 use common::fresh_db;
+use mongo_migrate::cli::exit_codes::ProcessExitCode;
 use mongo_migrate::{
     Context, Error, Migration, MigrationRunner, Outcome, Registered, RunOptions, State,
 };

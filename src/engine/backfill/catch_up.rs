@@ -13,7 +13,7 @@
 //! gone from the oplog, or the deployment has no change streams, the run falls back to passes
 //! over the candidates after the scan (see `settle`).
 
-use crate::error::{Error, Result};
+use crate::engine::error::{Error, Result};
 use mongodb::bson::{doc, Bson, Document, Timestamp};
 use mongodb::change_stream::event::{ChangeStreamEvent, ResumeToken};
 use mongodb::change_stream::ChangeStream;

@@ -1,11 +1,26 @@
-//! Progress: an indicatif bar on stderr when it is a terminal, and a progress line every few
-//! seconds in the log (and on stderr when there is no bar), so `tail -f logs/migration.log`
-//! shows where a run is.
+//! Progress: a line every few seconds in the log (and on stderr when there is no bar), so
+//! `tail -f logs/migration.log` shows where a run is, and the same numbers to a
+//! [`ProgressView`] when the caller shows one (the command line draws a bar on a terminal).
 
 use super::checkpoint::Stats;
-use indicatif::{ProgressBar, ProgressStyle};
-use std::io::IsTerminal;
 use std::time::{Duration, Instant};
+
+/// Where a backfill's progress is drawn besides the log. The engine knows no terminal: the
+/// command line implements this with a progress bar.
+pub trait ProgressView: Send + Sync + std::fmt::Debug {
+    /// A backfill starts: `done` of about `total` documents were scanned by an earlier,
+    /// interrupted run.
+    fn start(&self, label: &str, total: u64, done: u64) -> Box<dyn ProgressShown>;
+}
+
+/// One backfill's progress while it is drawn. Dropped without [`ProgressShown::finish`], the
+/// backfill stopped early (an error or a signal).
+pub trait ProgressShown: Send {
+    /// `scanned` documents so far (may pass the first estimate of the total).
+    fn update(&mut self, scanned: u64);
+    /// The backfill ended: stop drawing.
+    fn finish(self: Box<Self>);
+}
 
 /// Target of progress log lines (kept off stderr while a bar is shown).
 pub const PROGRESS_TARGET: &str = "mongo_migrate::progress";
@@ -15,7 +30,7 @@ const LOG_EVERY: Duration = Duration::from_secs(5);
 pub struct Progress {
     label: String,
     total: u64,
-    bar: Option<ProgressBar>,
+    shown: Option<Box<dyn ProgressShown>>,
     started: Instant,
     start_count: u64,
     last_log: Instant,
@@ -23,32 +38,12 @@ pub struct Progress {
 
 impl Progress {
     /// Starts showing progress; `done` is what an earlier (interrupted) run already scanned.
-    pub fn start(label: &str, total: u64, done: u64, show_bar: bool) -> Self {
-        let bar = (show_bar && std::io::stderr().is_terminal()).then(|| {
-            let bar = ProgressBar::new(total.max(done));
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{msg} [{bar:40.cyan/blue}] {human_pos}/{human_len} ({rate}, ETA {eta})",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .with_key(
-                    "rate",
-                    |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                        let _ = write!(w, "{:.0} docs/s", state.per_sec());
-                    },
-                )
-                .progress_chars("=> "),
-            );
-            bar.set_message(label.to_string());
-            bar.set_position(done);
-            bar.enable_steady_tick(Duration::from_millis(200));
-            crate::logging::set_progress_bar(Some(bar.clone()));
-            bar
-        });
+    pub fn start(label: &str, total: u64, done: u64, view: Option<&dyn ProgressView>) -> Self {
+        let shown = view.map(|view| view.start(label, total, done));
         Progress {
             label: label.to_string(),
             total,
-            bar,
+            shown,
             started: Instant::now(),
             start_count: done,
             last_log: Instant::now(),
@@ -57,11 +52,8 @@ impl Progress {
 
     /// Updates after a checkpointed batch; logs a line every few seconds.
     pub fn update(&mut self, stats: &Stats) {
-        if let Some(bar) = &self.bar {
-            if stats.scanned > bar.length().unwrap_or(0) {
-                bar.set_length(stats.scanned);
-            }
-            bar.set_position(stats.scanned);
+        if let Some(shown) = &mut self.shown {
+            shown.update(stats.scanned);
         }
         if self.last_log.elapsed() >= LOG_EVERY {
             self.last_log = Instant::now();
@@ -97,19 +89,9 @@ impl Progress {
 
     /// Clears the bar and logs the final line.
     pub fn finish(mut self, stats: &Stats) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
-            crate::logging::set_progress_bar(None);
+        if let Some(shown) = self.shown.take() {
+            shown.finish();
         }
         self.log(stats);
-    }
-}
-
-impl Drop for Progress {
-    fn drop(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.abandon();
-            crate::logging::set_progress_bar(None);
-        }
     }
 }

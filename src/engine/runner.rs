@@ -1,11 +1,11 @@
 //! [`MigrationRunner`]: plans (applied / pending / changed / interrupted), runs pending
 //! migrations under the lock, reports status, and rolls the last one back.
 
-use crate::error::{Error, Result};
-use crate::lock::{self, LockGuard, LockRequest};
-use crate::migration::{Context, Outcome, RunOptions, Stop};
-use crate::registry::{self, Registered};
-use crate::store::{status, Actor, Record, Store};
+use crate::engine::error::{Error, Result};
+use crate::engine::lock::{self, LockGuard, LockRequest};
+use crate::engine::migration::{Context, Outcome, RunOptions, Stop};
+use crate::engine::registry::{self, Registered};
+use crate::engine::store::{status, Actor, Record, Store};
 use mongodb::bson::{doc, DateTime, Document};
 use mongodb::Database;
 use serde::Serialize;
@@ -225,7 +225,7 @@ impl MigrationRunner {
             return Err(Error::Refused(format!(
                 "migration {}: {what}; nothing was run. Fix the record in the `{}` collection (set `status` to \"failed\" to run it again, or \"completed\" if it is applied), or remove it",
                 m.name,
-                crate::store::TRACKING_COLLECTION
+                crate::engine::store::TRACKING_COLLECTION
             )));
         }
         let changed: Vec<&str> = plan
@@ -491,7 +491,7 @@ impl MigrationRunner {
         let plan = self.plan(self.store.load_all().await?);
         let images = self
             .db
-            .collection::<Document>(crate::backfill::BEFORE_IMAGES);
+            .collection::<Document>(crate::engine::backfill::BEFORE_IMAGES);
         let groups: Vec<Document> = images
             .aggregate(vec![
                 doc! { "$group": { "_id": "$migration", "chunks": { "$sum": 1 } } },
@@ -516,7 +516,7 @@ impl MigrationRunner {
                                 | State::Running
                         )
                 });
-                let chunks = crate::backfill::int(&g, "chunks");
+                let chunks = crate::engine::backfill::int(&g, "chunks");
                 (!owned).then_some((name, chunks))
             })
             .collect();

@@ -9,9 +9,9 @@
 //! The holder renews the lease from a background task; if renewal finds the lock taken over, or
 //! the task dies (a panic), the run is stopped, because from then on two runners could write.
 
-use crate::error::{Error, Result};
-use crate::migration::{Stop, StopReason};
-use crate::store::Actor;
+use crate::engine::error::{Error, Result};
+use crate::engine::migration::{Stop, StopReason};
+use crate::engine::store::Actor;
 use futures::FutureExt;
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
 use mongodb::options::ReturnDocument;

@@ -1,7 +1,7 @@
 //! The [`Migration`] trait every file in `migrations/` implements, and the [`Context`] it runs in.
 
-use crate::error::{Error, Result};
-use crate::store::Store;
+use crate::engine::error::{Error, Result};
+use crate::engine::store::Store;
 use async_trait::async_trait;
 use mongodb::bson::Document;
 use mongodb::Database;
@@ -85,13 +85,15 @@ pub struct RunOptions {
     pub wait_for_lock: Option<Option<Duration>>,
     /// Lock lease; a holder that stops renewing loses the lock after this.
     pub lock_lease: Duration,
-    /// Progress bar on stderr (when it is a terminal).
+    /// Show progress through `progress_view` (progress lines go to the log either way).
     pub progress: bool,
+    /// Where progress is drawn: the command line's bar, or none.
+    pub progress_view: Option<std::sync::Arc<dyn crate::engine::backfill::ProgressView>>,
     /// Run pending migrations only up to and including this number.
     pub to: Option<u32>,
     /// How backfills catch up with concurrent writes (`auto`: the change stream when there is
     /// one; `passes`: passes over the candidates after the scan).
-    pub catch_up: crate::backfill::CatchUpMode,
+    pub catch_up: crate::engine::backfill::CatchUpMode,
 }
 
 impl Default for RunOptions {
@@ -109,8 +111,9 @@ impl Default for RunOptions {
             wait_for_lock: None,
             lock_lease: Duration::from_secs(60),
             progress: true,
+            progress_view: None,
             to: None,
-            catch_up: crate::backfill::CatchUpMode::default(),
+            catch_up: crate::engine::backfill::CatchUpMode::default(),
         }
     }
 }

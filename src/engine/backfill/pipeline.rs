@@ -14,8 +14,8 @@ use super::settle::{process_ids, rounds};
 use super::spec::{Backfill, CatchUp, Transform};
 use super::throttle::Throttle;
 use super::write::{and, client_batch, projection, server_batch, Scope};
-use crate::error::{Error, Result};
-use crate::migration::Context;
+use crate::engine::error::{Error, Result};
+use crate::engine::migration::Context;
 use futures::stream::FuturesOrdered;
 use futures::{StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, Document};
@@ -70,7 +70,11 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
     };
     let mut token = watcher.as_ref().and(saved_token);
     let total = coll.estimated_document_count().await.unwrap_or(0);
-    let mut progress = Progress::start(&spec.label, total, stats.scanned, options.progress);
+    let view = options
+        .progress_view
+        .as_deref()
+        .filter(|_| options.progress);
+    let mut progress = Progress::start(&spec.label, total, stats.scanned, view);
     let mut throttle = Throttle::new(options.max_docs_per_sec);
     let fields = match &spec.transform {
         Transform::Server(_) => Vec::new(),

@@ -1,26 +1,8 @@
 //! One error type for the library. Every message says what was being done and what the operator
-//! can do next; the binary maps each kind to an exit code (see [`Error::exit_code`]).
+//! can do next; the command line maps each kind to an exit code
+//! (`cli::exit_codes::ProcessExitCode`).
 
 use std::time::Duration;
-
-/// Exit codes of the `migrate` binary, as documented in the README.
-pub mod exit {
-    /// Everything asked for was done (or there was nothing to do).
-    pub const SUCCESS: i32 = 0;
-    /// A migration (or its rollback) failed; it is recorded as failed.
-    pub const MIGRATION_FAILED: i32 = 1;
-    /// Bad command-line usage (clap's own code).
-    pub const USAGE: i32 = 2;
-    /// Configuration or connection problem: nothing was run.
-    pub const CONFIG: i32 = 3;
-    /// Another runner holds the lock.
-    pub const LOCKED: i32 = 4;
-    /// Refused to act on the current state (drift, interrupted run needing `--resume`, no `down`,
-    /// unconfirmed rollback): nothing was changed.
-    pub const REFUSED: i32 = 5;
-    /// Interrupted by Ctrl-C / SIGTERM; the checkpoint is saved.
-    pub const INTERRUPTED: i32 = 130;
-}
 
 /// Everything that can go wrong, with messages meant for an operator.
 #[derive(Debug, thiserror::Error)]
@@ -93,19 +75,6 @@ impl Error {
         Error::Migration {
             name: name.into(),
             reason: reason.to_string(),
-        }
-    }
-
-    /// The binary's exit code for this error.
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            Error::Config(_) | Error::Connect { .. } => exit::CONFIG,
-            Error::Locked { .. } | Error::LockTimeout(..) => exit::LOCKED,
-            Error::Drift { .. } | Error::Interrupted { .. } | Error::Refused(_) => exit::REFUSED,
-            Error::Cancelled => exit::INTERRUPTED,
-            Error::Db { .. } | Error::Migration { .. } | Error::LockLost(_) => {
-                exit::MIGRATION_FAILED
-            }
         }
     }
 }

@@ -4,11 +4,11 @@
 //! Only the binary calls [`init`]; the library just emits `tracing` events. The file is written
 //! synchronously (no background buffer) so a `kill -9` loses no line already logged.
 //!
-//! Both writers pass every line through [`crate::config::redact`], and so do [`print_out`],
+//! Both writers pass every line through [`super::redact::redact`], and so do [`print_out`],
 //! [`print_err`] and the panic hook: secrets are hidden where text leaves the process, so no
 //! new log line or message can leak one by forgetting to hide it.
 
-use crate::error::{Error, Result};
+use crate::engine::error::{Error, Result};
 use indicatif::ProgressBar;
 use std::fs::File;
 use std::io::Write;
@@ -72,7 +72,7 @@ pub fn init(log_dir: &Path, verbosity: i8) -> Result<()> {
         .without_time()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_filter(stderr_filter.and(filter_fn(|meta| {
-            !(meta.target() == crate::backfill::PROGRESS_TARGET
+            !(meta.target() == crate::engine::backfill::PROGRESS_TARGET
                 && BAR_SHOWN.load(Ordering::Relaxed))
         })));
     let file_layer = tracing_subscriber::fmt::layer()
@@ -91,7 +91,7 @@ pub fn init(log_dir: &Path, verbosity: i8) -> Result<()> {
 
 /// Prints a line on stdout with its secrets hidden.
 pub fn print_out(text: impl AsRef<str>) {
-    let mut out = crate::config::redact(text.as_ref());
+    let mut out = super::redact::redact(text.as_ref());
     out.push('\n');
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(out.as_bytes());
@@ -146,7 +146,7 @@ impl Write for FileLine<'_> {
 
 impl Drop for FileLine<'_> {
     fn drop(&mut self) {
-        let text = crate::config::redact(&String::from_utf8_lossy(&self.buf));
+        let text = super::redact::redact(&String::from_utf8_lossy(&self.buf));
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
         let _ = file.write_all(text.as_bytes());
     }
@@ -177,7 +177,7 @@ impl Write for LineBuffer {
 impl Drop for LineBuffer {
     fn drop(&mut self) {
         let bar = ACTIVE_BAR.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let text = crate::config::redact(&String::from_utf8_lossy(&self.0));
+        let text = super::redact::redact(&String::from_utf8_lossy(&self.0));
         let emit = || {
             let _ = std::io::stderr().write_all(text.as_bytes());
         };

@@ -7,8 +7,8 @@
 //! since is reported, never clobbered.
 
 use super::retry::with_retry;
-use crate::error::Result;
-use crate::migration::Stop;
+use crate::engine::error::Result;
+use crate::engine::migration::Stop;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::Database;

@@ -281,7 +281,7 @@ mod tests {
         let r = from_checkpoint(&old).unwrap();
         assert_eq!(
             BRACKETS[r.position.bracket],
-            crate::backfill::scan::Bracket::Number
+            crate::engine::backfill::scan::Bracket::Number
         );
         let done = doc! { "bracket": 9, "lastId": Bson::Null, "hasLastId": false };
         assert!(from_checkpoint(&done).unwrap().position.done());

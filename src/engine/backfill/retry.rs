@@ -1,8 +1,8 @@
 //! Retries transient failures (network drops, failovers, the driver's retryable labels) with
 //! backoff, so a blip does not end a long backfill; anything else fails at once.
 
-use crate::error::{Error, Result};
-use crate::migration::Stop;
+use crate::engine::error::{Error, Result};
+use crate::engine::migration::Stop;
 use mongodb::error::{ErrorKind, RETRYABLE_WRITE_ERROR};
 use std::future::IntoFuture;
 use std::time::Duration;

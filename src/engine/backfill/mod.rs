@@ -25,7 +25,7 @@ pub use before_image::{restore, RestoreReport, BEFORE_IMAGES};
 pub use catch_up::CatchUpMode;
 pub use checkpoint::{int, CatchUpStats, Stats, INVALID_SAMPLES};
 pub use pipeline::{remaining, run, sample_ids};
-pub use progress::PROGRESS_TARGET;
+pub use progress::{ProgressShown, ProgressView, PROGRESS_TARGET};
 pub use spec::{
     Backfill, CatchUp, Change, DocTransform, FastPath, ServerUpdate, ServerUpdateKind, Transform,
 };

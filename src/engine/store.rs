@@ -4,7 +4,7 @@
 //! so existing tooling still reads it, and adds run state, timings, checksum, who ran it, the
 //! backfill checkpoint, and a `history` array that rollback never erases (the audit trail).
 
-use crate::error::{Error, Result};
+use crate::engine::error::{Error, Result};
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};

@@ -1,7 +1,7 @@
 //! The compiled-in migrations, in number order, each with the SHA-256 of its source pinned at
 //! build time (`build.rs`), so drift is detected without the source files at run time.
 
-use crate::migration::Migration;
+use crate::engine::migration::Migration;
 use std::sync::Arc;
 
 /// A migration with its identity.

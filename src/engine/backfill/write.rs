@@ -9,8 +9,8 @@
 use super::checkpoint::{int, Stats};
 use super::retry::with_retry;
 use super::spec::{Backfill, Change, DocTransform, ServerUpdate, ServerUpdateKind};
-use crate::error::{Error, Result};
-use crate::migration::Stop;
+use crate::engine::error::{Error, Result};
+use crate::engine::migration::Stop;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::Database;

@@ -14,7 +14,7 @@ use mongodb::{
     Collection, Database,
 };
 
-use crate::money::{self, Dec, Earnings};
+use super::money::{self, Dec, Earnings};
 
 /// What to generate.
 #[derive(Debug, Clone)]

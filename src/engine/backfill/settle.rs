@@ -18,8 +18,8 @@ use super::spec::{Backfill, CatchUp, Change, Transform};
 use super::write::{
     and, client_batch, projection, recompute_owned, recompute_with, server_batch, Scope,
 };
-use crate::error::{Error, Result};
-use crate::migration::Context;
+use crate::engine::error::{Error, Result};
+use crate::engine::migration::Context;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use std::collections::{HashMap, HashSet};

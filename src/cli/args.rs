@@ -1,0 +1,180 @@
+//! The command line's shape: every subcommand, flag and environment variable, as clap types.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Runs numbered MongoDB migrations and resumable backfills, tracked in the `migrations`
+/// collection.
+#[derive(Debug, Parser)]
+#[command(name = "migrate", version, about, long_about = None, after_help = super::exit_codes::SUMMARY)]
+pub struct Cli {
+    #[command(flatten)]
+    pub(super) global: GlobalArgs,
+    #[command(subcommand)]
+    pub(super) command: Command,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct GlobalArgs {
+    /// MongoDB connection string; the database may be its path (mongodb://host:27017/lms)
+    #[arg(long, env = "MONGODB_URI", global = true, hide_env_values = true)]
+    pub(super) uri: Option<String>,
+    /// Database name (overrides the URI's path)
+    #[arg(long = "db", env = "MONGODB_DB", global = true)]
+    pub(super) database: Option<String>,
+    /// File of KEY=value defaults read after flags and the environment (must exist when named
+    /// with this flag)
+    #[arg(long, env = "MIGRATE_ENV_FILE", global = true, default_value = ".env")]
+    pub(super) env_file: PathBuf,
+    /// Directory of migration.log
+    #[arg(long, env = "MIGRATE_LOG_DIR", global = true)]
+    pub(super) log_dir: Option<PathBuf>,
+    /// Seconds to wait for the server before failing
+    #[arg(long, global = true, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(super) connect_timeout: u64,
+    /// More output on stderr (repeat for more); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(super) verbose: u8,
+    /// Less output on stderr (repeat for less)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(super) quiet: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum Command {
+    /// Run every pending migration in order
+    Up(UpArgs),
+    /// Show every migration's state, when it ran and how long it took
+    Status {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revert the last migration touched: the last completed one with its `down`, or the partial
+    /// writes of one that failed or was interrupted
+    Rollback(RollbackArgs),
+    /// Load realistic LMS sample data (users and withdrawals) into the database
+    SampleData(SampleArgs),
+}
+
+#[derive(Debug, Args)]
+pub(super) struct LockArgs {
+    /// Wait for a lock held by another run instead of failing
+    #[arg(long)]
+    pub(super) wait: bool,
+    /// With --wait, give up after this many seconds
+    #[arg(long, requires = "wait", value_name = "SECS")]
+    pub(super) wait_timeout: Option<u64>,
+    /// Lock lease in seconds (5 to 3600): a run that stops renewing it loses the lock after this
+    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(crate::engine::lock::MIN_LEASE.as_secs()..=crate::engine::lock::MAX_LEASE.as_secs()))]
+    pub(super) lock_lease: u64,
+    /// Run even though an applied migration's source changed since it ran
+    #[arg(long)]
+    pub(super) allow_drift: bool,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct UpArgs {
+    /// Scan and transform, report what would change, write nothing (no documents, records or lock)
+    #[arg(long)]
+    pub(super) dry_run: bool,
+    /// Continue interrupted migrations from their saved checkpoints
+    #[arg(long, conflicts_with = "restart")]
+    pub(super) resume: bool,
+    /// Start interrupted migrations over, discarding their checkpoints
+    #[arg(long)]
+    pub(super) restart: bool,
+    /// Documents per batch
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub(super) batch_size: u64,
+    /// Batches in flight at once
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub(super) concurrency: u64,
+    /// Throttle: at most this many documents per second (default: unthrottled)
+    #[arg(long, value_name = "N", value_parser = parse_rate)]
+    pub(super) max_docs_per_sec: Option<f64>,
+    /// Fail the migration on invalid source data instead of skipping and reporting it
+    #[arg(long)]
+    pub(super) fail_on_invalid: bool,
+    /// No progress bar, even on a terminal (progress still goes to the log)
+    #[arg(long)]
+    pub(super) no_progress: bool,
+    /// Run pending migrations only up to and including this number (e.g. --to 2)
+    #[arg(long, value_name = "NNN", value_parser = parse_migration_number)]
+    pub(super) to: Option<u32>,
+    /// How backfills catch up with documents the application changes meanwhile: `auto` follows
+    /// the change stream (resumable from the token saved with each checkpoint) where the
+    /// deployment has one; `passes` re-reads the candidates after the scan until none is left;
+    /// `off` skips catch-up, only for a collection nothing else writes during the run
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "auto",
+        env = "MIGRATE_CATCH_UP"
+    )]
+    pub(super) catch_up: crate::engine::backfill::CatchUpMode,
+    #[command(flatten)]
+    pub(super) lock: LockArgs,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct RollbackArgs {
+    /// Do not ask for confirmation
+    #[arg(short, long)]
+    pub(super) yes: bool,
+    /// Allow the rollback to destroy data that is not the migration's own (see each migration)
+    #[arg(long)]
+    pub(super) force: bool,
+    #[command(flatten)]
+    pub(super) lock: LockArgs,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct SampleArgs {
+    /// Number of users
+    #[arg(long, default_value_t = 10_000)]
+    pub(super) users: u64,
+    /// Number of withdrawals (default: half the users)
+    #[arg(long)]
+    pub(super) withdrawals: Option<u64>,
+    /// Extra users with invalid affiliateEarnings (strings, negatives, NaN, ...)
+    #[arg(long, default_value_t = 0)]
+    pub(super) invalid: u64,
+    /// Mix integer and string _ids with ObjectIds
+    #[arg(long)]
+    pub(super) mixed_ids: bool,
+    /// Seed of the deterministic generator
+    #[arg(long, default_value_t = 42)]
+    pub(super) seed: u64,
+    /// Drop users, withdrawals and the tracking collections first
+    #[arg(long)]
+    pub(super) drop: bool,
+}
+
+fn parse_rate(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a positive number of documents per second"
+        )),
+    }
+}
+
+/// `--to NNN`: a number of a migration compiled into this build, checked before connecting.
+fn parse_migration_number(s: &str) -> std::result::Result<u32, String> {
+    let number: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a migration number (e.g. 2 or 002)"))?;
+    let known: Vec<String> = crate::engine::registry::compiled()
+        .iter()
+        .map(|m| format!("{:03}", m.number))
+        .collect();
+    if known.contains(&format!("{number:03}")) {
+        Ok(number)
+    } else {
+        Err(format!(
+            "no migration is numbered {number:03}; this build has {}",
+            known.join(", ")
+        ))
+    }
+}

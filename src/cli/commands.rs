@@ -1,0 +1,148 @@
+//! The subcommands: each turns its flags into [`RunOptions`], drives the runner and prints what
+//! happened.
+
+use super::args::{LockArgs, RollbackArgs, SampleArgs, UpArgs};
+use super::config::Config;
+use super::logging::{print_err, print_out};
+use super::progress::Bar;
+use super::report::{print_report, print_status};
+use super::signals::{watch_signals, Kind};
+use crate::engine::backfill::ProgressView;
+use crate::engine::error::{Error, Result};
+use crate::engine::migration::RunOptions;
+use crate::engine::runner::{MigrationRunner, State};
+use std::io::{IsTerminal, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub(super) async fn status(db: mongodb::Database, json: bool) -> Result<()> {
+    let runner = MigrationRunner::new(db);
+    let status = runner.status().await?;
+    print_status(&status, json);
+    for (name, chunks) in runner.orphaned_before_images().await? {
+        print_err(format!(
+            "warning: {chunks} chunk(s) of before-images of {name} in {} belong to no applied or partly applied migration; nothing will restore them\n",
+            crate::engine::backfill::BEFORE_IMAGES
+        ));
+    }
+    Ok(())
+}
+
+fn lock_options(options: &mut RunOptions, lock: &LockArgs) {
+    options.wait_for_lock = lock
+        .wait
+        .then(|| lock.wait_timeout.map(Duration::from_secs));
+    options.lock_lease = Duration::from_secs(lock.lock_lease);
+    options.allow_drift = lock.allow_drift;
+}
+
+pub(super) async fn up(db: mongodb::Database, config: &Config, args: UpArgs) -> Result<()> {
+    let mut options = RunOptions {
+        batch_size: args.batch_size as usize,
+        concurrency: args.concurrency as usize,
+        max_docs_per_sec: args.max_docs_per_sec,
+        dry_run: args.dry_run,
+        fail_on_invalid: args.fail_on_invalid,
+        resume: args.resume,
+        restart: args.restart,
+        progress: !args.no_progress,
+        // A bar only on a terminal: elsewhere the progress lines on stderr say the same.
+        progress_view: std::io::stderr()
+            .is_terminal()
+            .then(|| Arc::new(Bar) as Arc<dyn ProgressView>),
+        to: args.to,
+        catch_up: args.catch_up,
+        ..RunOptions::default()
+    };
+    lock_options(&mut options, &args.lock);
+    let runner = MigrationRunner::new(db).with_options(options);
+    let _signals = watch_signals(runner.stop_handle(), Kind::Up);
+    tracing::info!(database = %config.database, uri = %config.redacted_uri(), dry_run = args.dry_run, "migrate up");
+    let report = runner.run_pending().await?;
+    print_report(&report);
+    Ok(())
+}
+
+pub(super) async fn rollback(db: mongodb::Database, args: RollbackArgs) -> Result<()> {
+    let mut options = RunOptions {
+        force: args.force,
+        ..RunOptions::default()
+    };
+    lock_options(&mut options, &args.lock);
+    let runner = MigrationRunner::new(db).with_options(options);
+    let Some(target) = runner.rollback_target().await? else {
+        return Err(Error::Refused(
+            "nothing to roll back: no migration is completed".into(),
+        ));
+    };
+    if !args.yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(Error::Refused(format!(
+                "rollback of {} needs confirmation: pass --yes to confirm without a terminal",
+                target.name
+            )));
+        }
+        if matches!(target.state, State::Failed | State::Running) {
+            print_err(format!(
+                "{} is {} part-way: undo its partial writes ({})? Type 'yes' to confirm: ",
+                target.name, target.state, target.description
+            ));
+        } else {
+            print_err(format!(
+                "Roll back {} ({})? Type 'yes' to confirm: ",
+                target.name, target.description
+            ));
+        }
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        let _ = std::io::stdin().read_line(&mut answer);
+        if answer.trim() != "yes" {
+            return Err(Error::Refused(
+                "rollback not confirmed; nothing was changed".into(),
+            ));
+        }
+    }
+    let _signals = watch_signals(runner.stop_handle(), Kind::Rollback);
+    let applied = runner.rollback_last().await?;
+    print_out(format!(
+        "rolled back {} in {:.1}s: {}",
+        applied.name,
+        applied.duration.as_secs_f64(),
+        applied.outcome.message
+    ));
+    Ok(())
+}
+
+pub(super) async fn sample_data(db: mongodb::Database, args: SampleArgs) -> Result<()> {
+    if args.drop {
+        for name in [
+            "users",
+            "withdrawals",
+            crate::engine::store::TRACKING_COLLECTION,
+            crate::engine::lock::LOCK_COLLECTION,
+            crate::engine::backfill::BEFORE_IMAGES,
+        ] {
+            db.collection::<mongodb::bson::Document>(name)
+                .drop()
+                .await
+                .map_err(Error::db(format!("dropping {name}")))?;
+        }
+    }
+    let spec = crate::lms::sample::SampleSpec {
+        users: args.users,
+        withdrawals: args.withdrawals.unwrap_or(args.users / 2),
+        seed: args.seed,
+        invalid_earnings: args.invalid,
+        mixed_ids: args.mixed_ids,
+    };
+    let report = crate::lms::sample::load(&db, &spec)
+        .await
+        .map_err(Error::db("loading sample data"))?;
+    tracing::info!(
+        users = report.users,
+        withdrawals = report.withdrawals,
+        "sample data loaded"
+    );
+    print_out(serde_json::to_string_pretty(&report).unwrap_or_default());
+    Ok(())
+}

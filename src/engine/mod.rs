@@ -1,0 +1,20 @@
+//! The generic engine: numbered migrations tracked in the database, run under a lease lock, with
+//! the batch pipeline for large collections. It knows no LMS field and no terminal: progress goes
+//! out through [`backfill::ProgressView`], failures as [`error::Error`], and the caller decides
+//! what the operator sees.
+//!
+//! - [`migration`]: the [`migration::Migration`] trait, its context and run options.
+//! - [`registry`]: the migrations compiled in from `migrations/`, with pinned checksums.
+//! - [`runner`]: [`runner::MigrationRunner`]: plan, run pending, status, rollback.
+//! - [`store`]: the `migrations` tracking collection.
+//! - [`lock`]: the lease lock that keeps two runners apart.
+//! - [`backfill`]: the batch pipeline (scan, transform, write, checkpoint, catch-up, progress).
+//! - [`error`]: the one error type, each message saying what to do.
+
+pub mod backfill;
+pub mod error;
+pub mod lock;
+pub mod migration;
+pub mod registry;
+pub mod runner;
+pub mod store;

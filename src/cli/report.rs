@@ -80,7 +80,7 @@ pub(super) fn print_status(status: &[MigrationStatus], json: bool) {
         let note = match m.state {
             State::Running => record
                 .and_then(|r| r.checkpoint.as_ref())
-                .map(|cp| format!("checkpoint: {}", crate::engine::runner::describe_checkpoint(cp)))
+                .map(|cp| format!("checkpoint: {}", crate::engine::plan::describe_checkpoint(cp)))
                 .unwrap_or_else(|| "no checkpoint yet".into()),
             State::Failed => record.and_then(|r| r.error.clone()).unwrap_or_default(),
             State::Changed => {

@@ -5,16 +5,20 @@
 //!
 //! - [`migration`]: the [`migration::Migration`] trait, its context and run options.
 //! - [`registry`]: the migrations compiled in from `migrations/`, with pinned checksums.
-//! - [`runner`]: [`runner::MigrationRunner`]: plan, run pending, status, rollback.
-//! - [`store`]: the `migrations` tracking collection.
+//! - [`plan`]: what runs next and what is refused, from the tracking records (no I/O).
+//! - [`runner`]: [`runner::MigrationRunner`]: run pending, status, rollback, under the lock.
+//! - [`store`]: the `migrations` tracking collection; [`record`]: what it holds.
 //! - [`lock`]: the lease lock that keeps two runners apart.
 //! - [`backfill`]: the batch pipeline (scan, transform, write, checkpoint, catch-up, progress).
 //! - [`error`]: the one error type, each message saying what to do.
 
 pub mod backfill;
+mod direction;
 pub mod error;
 pub mod lock;
 pub mod migration;
+pub mod plan;
+pub mod record;
 pub mod registry;
 pub mod runner;
 pub mod store;

@@ -1,90 +1,21 @@
-//! [`MigrationRunner`]: plans (applied / pending / changed / interrupted), runs pending
-//! migrations under the lock, reports status, and rolls the last one back.
+//! [`MigrationRunner`]: runs pending migrations under the lock, reports status, and rolls the
+//! last one back. What to run and what to refuse is [`crate::engine::plan`]'s; the runner loads
+//! the records, takes the lock, and drives each migration through one begin -> call -> finish
+//! path ([`MigrationRunner::execute`]) in either direction.
 
+pub use crate::engine::plan::{describe_checkpoint, MigrationStatus, State};
+
+use crate::engine::direction::{Direction, Ending};
 use crate::engine::error::{Error, Result};
 use crate::engine::lock::{self, LockGuard, LockRequest};
 use crate::engine::migration::{Context, Outcome, RunOptions, Stop};
+use crate::engine::plan;
 use crate::engine::registry::{self, Registered};
-use crate::engine::store::{status, Actor, Record, Store};
+use crate::engine::store::{Actor, RecordStatus, Store};
 use mongodb::bson::{doc, DateTime, Document};
 use mongodb::Database;
-use serde::Serialize;
-use std::collections::HashMap;
 use std::time::Duration;
 use tracing::{error, info, warn};
-
-/// The state of one migration, as `migrate status` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    /// Never applied (or rolled back then re-planned; see [`State::RolledBack`]).
-    Pending,
-    /// Applied, source unchanged.
-    Completed,
-    /// Applied, but its source changed since.
-    Changed,
-    /// Its last `up` failed; `up` retries it.
-    Failed,
-    /// Running now, or interrupted (then it has a checkpoint): `up --resume` continues it.
-    Running,
-    /// Its `down` is running or was interrupted: `rollback` again finishes it.
-    RollingBack,
-    /// Reverted; `up` applies it again.
-    RolledBack,
-    /// Recorded in the database but not compiled into this binary.
-    Unknown,
-    /// Its record has a status this build does not know: `up` refuses until it is fixed.
-    UnknownStatus,
-    /// Its record cannot be read (a field of the wrong type): `up` refuses until it is fixed.
-    Malformed,
-}
-
-impl State {
-    fn is_pending(self) -> bool {
-        matches!(
-            self,
-            State::Pending | State::Failed | State::RolledBack | State::Running
-        )
-    }
-}
-
-impl std::fmt::Display for State {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let s = match self {
-            State::Pending => "pending",
-            State::Completed => "completed",
-            State::Changed => "changed since applied",
-            State::Failed => "failed",
-            State::Running => "running",
-            State::RollingBack => "rolling back",
-            State::RolledBack => "rolled back",
-            State::Unknown => "unknown (not in this build)",
-            State::UnknownStatus => "unknown status",
-            State::Malformed => "malformed record",
-        };
-        f.write_str(s)
-    }
-}
-
-/// One line of `migrate status`.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MigrationStatus {
-    /// Number from the file name (0 for unknown records).
-    pub number: u32,
-    /// `NNN_snake_name`.
-    pub name: String,
-    /// What it does.
-    pub description: String,
-    /// Its state.
-    pub state: State,
-    /// Checksum of the compiled source.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub checksum: Option<String>,
-    /// The tracking record, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub record: Option<Record>,
-}
 
 /// What one migration did in a run.
 #[derive(Debug, Clone)]
@@ -147,123 +78,18 @@ impl MigrationRunner {
 
     /// Every known migration with its state, plus records not in this build.
     pub async fn status(&self) -> Result<Vec<MigrationStatus>> {
-        let records = self.store.load_all().await?;
-        Ok(self.plan(records))
+        self.plan().await
     }
 
-    fn plan(&self, records: Vec<Record>) -> Vec<MigrationStatus> {
-        let mut by_name: HashMap<String, Record> =
-            records.into_iter().map(|r| (r.name.clone(), r)).collect();
-        let mut plan: Vec<MigrationStatus> = self
-            .migrations
-            .iter()
-            .map(|m| {
-                let record = by_name.remove(m.name);
-                let state = match record.as_ref().map(|r| r.status.as_str()) {
-                    None => State::Pending,
-                    Some(status::COMPLETED)
-                        if record.as_ref().is_some_and(|r| r.checksum != m.checksum) =>
-                    {
-                        State::Changed
-                    }
-                    Some(status::COMPLETED) => State::Completed,
-                    Some(status::FAILED) => State::Failed,
-                    Some(status::RUNNING) => State::Running,
-                    Some(status::ROLLING_BACK) => State::RollingBack,
-                    Some(status::ROLLED_BACK) => State::RolledBack,
-                    Some(status::MALFORMED) => State::Malformed,
-                    Some(_) => State::UnknownStatus,
-                };
-                MigrationStatus {
-                    number: m.number,
-                    name: m.name.to_string(),
-                    description: m.migration.description().to_string(),
-                    state,
-                    checksum: Some(m.checksum.to_string()),
-                    record,
-                }
-            })
-            .collect();
-        let mut unknown: Vec<_> = by_name.into_values().collect();
-        unknown.sort_by(|a, b| a.name.cmp(&b.name));
-        plan.extend(unknown.into_iter().map(|r| MigrationStatus {
-            number: 0,
-            name: r.name.clone(),
-            description: String::new(),
-            state: State::Unknown,
-            checksum: None,
-            record: Some(r),
-        }));
-        plan
+    async fn plan(&self) -> Result<Vec<MigrationStatus>> {
+        Ok(plan::plan(&self.migrations, self.store.load_all().await?))
     }
 
-    /// Refuses to run over drift or an unfinished rollback, and over an interrupted migration
-    /// unless the operator chose `--resume` or `--restart`.
-    fn check_runnable(&self, plan: &[MigrationStatus]) -> Result<()> {
-        if let Some(to) = self.options.to {
-            if !self.migrations.iter().any(|m| m.number == to) {
-                return Err(Error::Config(format!(
-                    "--to {to:03}: no migration has that number (see `migrate status`)"
-                )));
-            }
-        }
-        if let Some(m) = plan
+    fn registered(&self, name: &str) -> &Registered {
+        self.migrations
             .iter()
-            .find(|m| matches!(m.state, State::UnknownStatus | State::Malformed))
-        {
-            let record = m.record.as_ref();
-            let what = match m.state {
-                State::Malformed => format!(
-                    "its tracking record is malformed ({})",
-                    record.and_then(|r| r.error.clone()).unwrap_or_default()
-                ),
-                _ => format!(
-                    "its tracking record has status {:?}, which this build does not know",
-                    record.map(|r| r.status.as_str()).unwrap_or("?")
-                ),
-            };
-            return Err(Error::Refused(format!(
-                "migration {}: {what}; nothing was run. Fix the record in the `{}` collection (set `status` to \"failed\" to run it again, or \"completed\" if it is applied), or remove it",
-                m.name,
-                crate::engine::store::TRACKING_COLLECTION
-            )));
-        }
-        let changed: Vec<&str> = plan
-            .iter()
-            .filter(|m| m.state == State::Changed)
-            .map(|m| m.name.as_str())
-            .collect();
-        if !changed.is_empty() && !self.options.allow_drift {
-            return Err(Error::Drift {
-                names: changed.join(", "),
-            });
-        }
-        if let Some(m) = plan.iter().find(|m| m.state == State::RollingBack) {
-            return Err(Error::Refused(format!(
-                "the rollback of {} was interrupted; run `migrate rollback` again to finish it before migrating up",
-                m.name
-            )));
-        }
-        if !(self.options.resume || self.options.restart) {
-            if let Some(m) = plan.iter().find(|m| m.state == State::Running) {
-                let checkpoint = m
-                    .record
-                    .as_ref()
-                    .and_then(|r| r.checkpoint.as_ref())
-                    .map(describe_checkpoint)
-                    .unwrap_or_else(|| "none".into());
-                return Err(Error::Interrupted {
-                    name: m.name.clone(),
-                    checkpoint,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Pending, and within `--to`.
-    fn wanted(&self, m: &MigrationStatus) -> bool {
-        m.state.is_pending() && self.options.to.is_none_or(|to| m.number <= to)
+            .find(|m| m.name == name)
+            .expect("planned from registry")
     }
 
     async fn lock(&self, command: &str) -> Result<LockGuard> {
@@ -304,10 +130,10 @@ impl MigrationRunner {
     }
 
     async fn run_locked(&self) -> Result<RunReport> {
-        let plan = self.plan(self.store.load_all().await?);
-        self.check_runnable(&plan)?;
+        let plan = self.plan().await?;
+        plan::check_runnable(&self.migrations, &plan, &self.options)?;
         let mut report = RunReport::default();
-        let pending: Vec<_> = plan.iter().filter(|m| self.wanted(m)).collect();
+        let pending: Vec<_> = plan::pending(&plan, &self.options).collect();
         if pending.is_empty() {
             info!("nothing to migrate: every migration is applied");
             return Ok(report);
@@ -317,127 +143,31 @@ impl MigrationRunner {
             if self.stop.is_stopped() {
                 return Err(self.stop.error());
             }
-            let registered = self
-                .migrations
-                .iter()
-                .find(|m| m.name == entry.name)
-                .expect("planned from registry");
-            let resume = entry.state == State::Running && self.options.resume;
-            let checkpoint = if resume {
-                entry.record.as_ref().and_then(|r| r.checkpoint.clone())
-            } else {
-                None
-            };
-            let started = DateTime::now();
-            let clock = std::time::Instant::now();
-            self.store
-                .begin(registered.name, registered.checksum, resume, started)
-                .await?;
-            match &checkpoint {
-                Some(cp) => {
-                    info!(migration = registered.name, checkpoint = %describe_checkpoint(cp), "migration resuming")
-                }
-                None => info!(migration = registered.name, "migration started"),
-            }
-            let mut ctx = self.context(registered.name, checkpoint);
+            let checkpoint = plan::resume_point(entry, &self.options);
+            let mut ctx = self.context(&entry.name, checkpoint);
             if entry.state == State::Failed {
                 ctx.failed_attempt = entry.record.as_ref().and_then(|r| r.checkpoint.clone());
             }
-            let result = match registered.migration.up(&ctx).await {
-                Ok(outcome) if outcome.success => registered
-                    .migration
-                    .verify(&ctx)
-                    .await
-                    .map(|_| outcome)
-                    .map_err(|e| {
-                        let reason = match e {
-                            Error::Migration { reason, .. } => reason,
-                            other => other.to_string(),
-                        };
-                        Error::migration(
-                            registered.name,
-                            format!("post-condition not met after up: {reason}"),
-                        )
-                    }),
-                Ok(outcome) => Err(Error::migration(registered.name, &outcome.message)),
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(outcome) => {
-                    let fields = doc! {
-                        "status": status::COMPLETED,
-                        "executedAt": DateTime::now(),
-                        "message": &outcome.message,
-                        "result": outcome.result.clone(),
-                    };
-                    self.store
-                        .finish(
-                            registered.name,
-                            "up",
-                            status::COMPLETED,
-                            started,
-                            fields,
-                            &["checkpoint", "error"],
-                        )
-                        .await?;
-                    info!(
-                        migration = registered.name,
-                        ms = clock.elapsed().as_millis() as u64,
-                        "migration completed: {}",
-                        outcome.message
-                    );
-                    report.applied.push(Applied {
-                        name: registered.name.to_string(),
-                        outcome,
-                        duration: clock.elapsed(),
-                    });
-                }
-                Err(e @ (Error::Cancelled | Error::LockLost(_))) => {
-                    warn!(
-                        migration = registered.name,
-                        "migration interrupted; checkpoint kept"
-                    );
-                    let fields =
-                        doc! { "status": status::RUNNING, "interruptedAt": DateTime::now() };
-                    self.store
-                        .finish(registered.name, "up", "interrupted", started, fields, &[])
-                        .await?;
-                    return Err(e);
-                }
-                Err(e) => {
-                    let reason = match &e {
-                        Error::Migration { reason, .. } => reason.clone(),
-                        other => other.to_string(),
-                    };
-                    error!(migration = registered.name, error = %reason, "migration failed");
-                    let fields = doc! { "status": status::FAILED, "error": &reason };
-                    self.store
-                        .finish(registered.name, "up", status::FAILED, started, fields, &[])
-                        .await?;
-                    return Err(Error::migration(registered.name, reason));
-                }
-            }
+            let resume = entry.state == State::Running && self.options.resume;
+            let applied = self
+                .execute(self.registered(&entry.name), Direction::Up { resume }, ctx)
+                .await?;
+            report.applied.push(applied);
         }
         Ok(report)
     }
 
     /// Scans and transforms every pending migration without writing anything, not even the lock.
     async fn dry_run(&self) -> Result<RunReport> {
-        let plan = self.plan(self.store.load_all().await?);
-        self.check_runnable(&plan)?;
+        let plan = self.plan().await?;
+        plan::check_runnable(&self.migrations, &plan, &self.options)?;
         let mut report = RunReport {
             dry_run: true,
             ..Default::default()
         };
-        for entry in plan.iter().filter(|m| self.wanted(m)) {
-            let registered = self
-                .migrations
-                .iter()
-                .find(|m| m.name == entry.name)
-                .expect("planned from registry");
-            let checkpoint = (entry.state == State::Running && self.options.resume)
-                .then(|| entry.record.as_ref().and_then(|r| r.checkpoint.clone()))
-                .flatten();
+        for entry in plan::pending(&plan, &self.options) {
+            let registered = self.registered(&entry.name);
+            let checkpoint = plan::resume_point(entry, &self.options);
             let clock = std::time::Instant::now();
             let outcome = registered
                 .migration
@@ -464,31 +194,16 @@ impl MigrationRunner {
         result
     }
 
-    /// The migration `rollback_last` would revert, if any: the last one touched, which is the
-    /// highest-numbered one that is applied, or failed or interrupted part-way (its partial
-    /// writes are undone, not the migration before it).
+    /// The migration `rollback_last` would revert, if any (see [`plan::rollback_target`]).
     pub async fn rollback_target(&self) -> Result<Option<MigrationStatus>> {
-        let plan = self.plan(self.store.load_all().await?);
-        Ok(plan
-            .into_iter()
-            .filter(|m| {
-                matches!(
-                    m.state,
-                    State::Completed
-                        | State::Changed
-                        | State::RollingBack
-                        | State::Failed
-                        | State::Running
-                )
-            })
-            .max_by_key(|m| m.number))
+        Ok(plan::rollback_target(self.plan().await?))
     }
 
     /// Migrations that left before-images behind although they are neither applied nor partly
     /// applied (nothing will ever restore them): `(name, chunks)`.
     pub async fn orphaned_before_images(&self) -> Result<Vec<(String, u64)>> {
         use futures::TryStreamExt;
-        let plan = self.plan(self.store.load_all().await?);
+        let plan = self.plan().await?;
         let images = self
             .db
             .collection::<Document>(crate::engine::backfill::BEFORE_IMAGES);
@@ -505,19 +220,8 @@ impl MigrationRunner {
             .into_iter()
             .filter_map(|g| {
                 let name = g.get_str("_id").ok()?.to_string();
-                let owned = plan.iter().any(|m| {
-                    m.name == name
-                        && matches!(
-                            m.state,
-                            State::Completed
-                                | State::Changed
-                                | State::RollingBack
-                                | State::Failed
-                                | State::Running
-                        )
-                });
                 let chunks = crate::engine::backfill::int(&g, "chunks");
-                (!owned).then_some((name, chunks))
+                (!plan::owns_before_images(&plan, &name)).then_some((name, chunks))
             })
             .collect();
         orphaned.sort();
@@ -531,11 +235,7 @@ impl MigrationRunner {
         if target.state == State::Changed && !self.options.allow_drift {
             return Err(Error::Drift { names: target.name });
         }
-        let registered = self
-            .migrations
-            .iter()
-            .find(|m| m.name == target.name)
-            .expect("planned from registry");
+        let registered = self.registered(&target.name);
         if !registered.migration.reversible() {
             return Err(Error::Refused(format!(
                 "migration {} has no down, so it cannot be rolled back; nothing was changed",
@@ -550,81 +250,81 @@ impl MigrationRunner {
                 "undoing the partial writes of a migration that did not complete"
             );
         }
-        let started = DateTime::now();
-        let clock = std::time::Instant::now();
-        self.store
-            .set(
-                registered.name,
-                doc! { "status": status::ROLLING_BACK, "rollbackStartedAt": started },
-            )
-            .await?;
-        info!(migration = registered.name, "rollback started");
         let mut ctx = self.context(registered.name, None);
         ctx.applied_result = target.record.as_ref().and_then(|r| r.result.clone());
-        match registered.migration.down(&ctx).await {
-            Ok(outcome) if outcome.success => {
-                let fields = doc! { "status": status::ROLLED_BACK, "rolledBackAt": DateTime::now(), "rollbackResult": outcome.result.clone() };
+        self.execute(registered, Direction::Down { partial }, ctx)
+            .await
+    }
+
+    /// One `up` or `down`: records its start, calls it, and records how it ended (completed,
+    /// interrupted with its checkpoint kept, or failed) in the record and its history.
+    async fn execute(
+        &self,
+        registered: &Registered,
+        direction: Direction,
+        ctx: Context,
+    ) -> Result<Applied> {
+        let name = registered.name;
+        let started = DateTime::now();
+        let clock = std::time::Instant::now();
+        match direction {
+            Direction::Up { resume } => {
                 self.store
-                    .finish(
-                        registered.name,
-                        "down",
-                        status::ROLLED_BACK,
-                        started,
-                        fields,
-                        &["error", "checkpoint"],
-                    )
+                    .begin(name, registered.checksum, resume, started)
                     .await?;
-                info!(
-                    migration = registered.name,
-                    "rolled back: {}", outcome.message
-                );
+                match ctx.checkpoint() {
+                    Some(cp) => {
+                        info!(migration = name, checkpoint = %describe_checkpoint(cp), "migration resuming")
+                    }
+                    None => info!(migration = name, "migration started"),
+                }
+            }
+            Direction::Down { .. } => {
+                let fields =
+                    doc! { "status": RecordStatus::RollingBack, "rollbackStartedAt": started };
+                self.store.set(name, fields).await?;
+                info!(migration = name, "rollback started");
+            }
+        }
+        let ending = direction.call(registered, &ctx).await;
+        match (direction, &ending) {
+            (Direction::Up { .. }, Ending::Stopped(_)) => {
+                warn!(migration = name, "migration interrupted; checkpoint kept")
+            }
+            (Direction::Up { .. }, Ending::Failed { reason, .. }) => {
+                error!(migration = name, error = %reason, "migration failed")
+            }
+            (Direction::Down { .. }, Ending::Failed { reason, .. }) => {
+                error!(migration = name, error = %reason, "rollback failed")
+            }
+            _ => {}
+        }
+        let (outcome, fields, unset) = direction.record(&ending);
+        self.store
+            .finish(name, direction.action(), outcome, started, fields, unset)
+            .await?;
+        match ending {
+            Ending::Done(outcome) => {
+                match direction {
+                    Direction::Up { .. } => info!(
+                        migration = name,
+                        ms = clock.elapsed().as_millis() as u64,
+                        "migration completed: {}",
+                        outcome.message
+                    ),
+                    Direction::Down { .. } => {
+                        info!(migration = name, "rolled back: {}", outcome.message)
+                    }
+                }
                 Ok(Applied {
-                    name: registered.name.to_string(),
+                    name: name.to_string(),
                     outcome,
                     duration: clock.elapsed(),
                 })
             }
-            Err(e @ (Error::Cancelled | Error::LockLost(_))) => {
-                self.store
-                    .finish(
-                        registered.name,
-                        "down",
-                        "interrupted",
-                        started,
-                        doc! { "status": status::ROLLING_BACK },
-                        &[],
-                    )
-                    .await?;
-                Err(e)
-            }
-            other => {
-                let (reason, result) = match other {
-                    Ok(outcome) => (outcome.message, outcome.result),
-                    Err(e) => (e.to_string(), Document::new()),
-                };
-                error!(migration = registered.name, error = %reason, "rollback failed");
-                // Its changes are (at least partly) still in place: it stays as it was (completed,
-                // or failed for a migration whose partial writes were being undone).
-                let back = if partial {
-                    status::FAILED
-                } else {
-                    status::COMPLETED
-                };
-                let fields = doc! { "status": back, "error": format!("rollback failed: {reason}"), "rollbackResult": result };
-                self.store
-                    .finish(
-                        registered.name,
-                        "down",
-                        status::FAILED,
-                        started,
-                        fields,
-                        &[],
-                    )
-                    .await?;
-                Err(Error::migration(
-                    registered.name,
-                    format!("rollback failed: {reason}"),
-                ))
+            Ending::Stopped(e) => Err(e),
+            Ending::Failed { reason, .. } => {
+                Err(Error::migration(name, direction.failure_reason(&reason)))
             }
         }
     }
@@ -634,22 +334,4 @@ async fn release(lock: LockGuard) {
     if let Err(e) = lock.release().await {
         warn!("{e}");
     }
-}
-
-/// `last _id 123 (4000 scanned, 3990 modified)` for messages.
-pub fn describe_checkpoint(cp: &Document) -> String {
-    let n = |k: &str| {
-        cp.get(k)
-            .and_then(|v| v.as_i64().or_else(|| v.as_i32().map(i64::from)))
-            .unwrap_or(0)
-    };
-    let last = cp
-        .get("lastId")
-        .map(|v| v.to_string())
-        .unwrap_or_else(|| "-".into());
-    format!(
-        "last _id {last} ({} scanned, {} modified)",
-        n("scanned"),
-        n("modified")
-    )
 }

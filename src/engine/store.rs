@@ -8,135 +8,11 @@ use crate::engine::error::{Error, Result};
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
-use serde::{Deserialize, Serialize};
 
 /// Name of the tracking collection (the seed's).
 pub const TRACKING_COLLECTION: &str = "migrations";
 
-/// Record states as stored in `status`.
-pub mod status {
-    /// Applied.
-    pub const COMPLETED: &str = "completed";
-    /// `up` failed; `migrate up` runs it again.
-    pub const FAILED: &str = "failed";
-    /// In progress, or interrupted (then it carries a checkpoint).
-    pub const RUNNING: &str = "running";
-    /// `down` in progress, or interrupted.
-    pub const ROLLING_BACK: &str = "rolling_back";
-    /// Reverted by `migrate rollback`; `migrate up` applies it again.
-    pub const ROLLED_BACK: &str = "rolled_back";
-    /// Not stored: marks a record that could not be read (see [`super::Store::load_all`]).
-    pub const MALFORMED: &str = "<malformed>";
-}
-
-/// Who is running: recorded on records, history entries and the lock.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Actor {
-    /// Host name.
-    pub host: String,
-    /// Process id.
-    pub pid: u32,
-    /// OS user.
-    pub user: String,
-}
-
-impl Actor {
-    /// The current process. The user is `$USER` (`%USERNAME%`), else the name of the process's
-    /// uid (services and containers often run without `$USER`), else the uid itself.
-    pub fn current() -> Self {
-        Actor {
-            host: hostname::get()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| "unknown".into()),
-            pid: std::process::id(),
-            user: std::env::var("USER")
-                .or_else(|_| std::env::var("USERNAME"))
-                .ok()
-                .filter(|u| !u.is_empty())
-                .unwrap_or_else(os_user),
-        }
-    }
-}
-
-/// The name of the effective uid from the user database, or the uid as a number.
-#[cfg(unix)]
-fn os_user() -> String {
-    // SAFETY: geteuid cannot fail.
-    let uid = unsafe { libc::geteuid() };
-    let mut buf: Vec<libc::c_char> = vec![0; 1024];
-    loop {
-        // SAFETY: an all-zero passwd is a valid value (null pointers, zero ids).
-        let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut found: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: every pointer is valid for the call, `buf` for `buf.len()` bytes; on success
-        // the strings of `entry` point into `buf`, which outlives their use below.
-        let rc =
-            unsafe { libc::getpwuid_r(uid, &mut entry, buf.as_mut_ptr(), buf.len(), &mut found) };
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        if rc != 0 || found.is_null() || entry.pw_name.is_null() {
-            return uid.to_string();
-        }
-        // SAFETY: pw_name is a NUL-terminated string inside `buf`.
-        let name = unsafe { std::ffi::CStr::from_ptr(entry.pw_name) };
-        let name = name.to_string_lossy().into_owned();
-        return if name.is_empty() {
-            uid.to_string()
-        } else {
-            name
-        };
-    }
-}
-
-#[cfg(not(unix))]
-fn os_user() -> String {
-    "unknown".into()
-}
-
-impl std::fmt::Display for Actor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}@{} pid {}", self.user, self.host, self.pid)
-    }
-}
-
-/// A tracking record as read back.
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct Record {
-    /// Migration name (`NNN_snake_name`).
-    pub name: String,
-    /// One of [`status`].
-    pub status: String,
-    /// When it last completed (the seed's field).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub executed_at: Option<DateTime>,
-    /// When the last `up`/`down` started.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<DateTime>,
-    /// When the last `up`/`down` ended.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<DateTime>,
-    /// Duration of the last `up`/`down`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub duration_ms: Option<i64>,
-    /// SHA-256 of the source that last ran.
-    #[serde(default)]
-    pub checksum: String,
-    /// The last outcome's result.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<Document>,
-    /// The last error.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Resume point of an interrupted backfill.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checkpoint: Option<Document>,
-    /// Every `up` and `down`, oldest first.
-    #[serde(default)]
-    pub history: Vec<Document>,
-}
+pub use crate::engine::record::{Actor, Ended, Record, RecordStatus};
 
 /// Access to the tracking collection.
 ///
@@ -275,7 +151,7 @@ impl Store {
                 });
                 mongodb::bson::from_document::<Record>(d).unwrap_or_else(|e| Record {
                     name,
-                    status: status::MALFORMED.to_string(),
+                    status: RecordStatus::Malformed,
                     error: Some(e.to_string()),
                     ..Record::default()
                 })
@@ -293,7 +169,7 @@ impl Store {
     ) -> Result<()> {
         let mut update = doc! {
             "$set": {
-                "status": status::RUNNING,
+                "status": RecordStatus::Running,
                 "startedAt": started,
                 "checksum": checksum,
                 "host": &self.actor.host,
@@ -332,12 +208,12 @@ impl Store {
     }
 
     /// Ends an `up` or `down`: sets `fields`, unsets `unset`, and appends a history entry whose
-    /// status is `outcome` (`completed`, `failed`, `interrupted`, `rolled_back`).
+    /// status is `outcome`.
     pub async fn finish(
         &self,
         name: &str,
         action: &str,
-        outcome: &str,
+        outcome: Ended,
         started: DateTime,
         mut fields: Document,
         unset: &[&str],
@@ -348,7 +224,7 @@ impl Store {
         fields.insert("durationMs", duration);
         let mut entry = doc! {
             "action": action,
-            "status": outcome,
+            "status": outcome.as_str(),
             "startedAt": started,
             "finishedAt": finished,
             "durationMs": duration,

@@ -1,0 +1,267 @@
+//! Planning, without I/O: the state of every migration from its tracking record, what `up` runs
+//! next, what `rollback` reverts, and what is refused and why. The runner loads the records and
+//! acts on the plan; everything here is unit-tested on plain data.
+
+use crate::engine::error::{Error, Result};
+use crate::engine::migration::RunOptions;
+use crate::engine::registry::Registered;
+use crate::engine::store::{Record, RecordStatus, TRACKING_COLLECTION};
+use mongodb::bson::Document;
+use serde::Serialize;
+use std::collections::HashMap;
+
+/// The state of one migration, as `migrate status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Never applied (or rolled back then re-planned; see [`State::RolledBack`]).
+    Pending,
+    /// Applied, source unchanged.
+    Completed,
+    /// Applied, but its source changed since.
+    Changed,
+    /// Its last `up` failed; `up` retries it.
+    Failed,
+    /// Running now, or interrupted (then it has a checkpoint): `up --resume` continues it.
+    Running,
+    /// Its `down` is running or was interrupted: `rollback` again finishes it.
+    RollingBack,
+    /// Reverted; `up` applies it again.
+    RolledBack,
+    /// Recorded in the database but not compiled into this binary.
+    Unknown,
+    /// Its record has a status this build does not know: `up` refuses until it is fixed.
+    UnknownStatus,
+    /// Its record cannot be read (a field of the wrong type): `up` refuses until it is fixed.
+    Malformed,
+}
+
+impl State {
+    /// `up` runs it.
+    fn is_pending(self) -> bool {
+        matches!(
+            self,
+            State::Pending | State::Failed | State::RolledBack | State::Running
+        )
+    }
+
+    /// Applied, or applied part-way: `rollback` can revert it, and its before-images are kept.
+    fn is_touched(self) -> bool {
+        matches!(
+            self,
+            State::Completed | State::Changed | State::RollingBack | State::Failed | State::Running
+        )
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            State::Pending => "pending",
+            State::Completed => "completed",
+            State::Changed => "changed since applied",
+            State::Failed => "failed",
+            State::Running => "running",
+            State::RollingBack => "rolling back",
+            State::RolledBack => "rolled back",
+            State::Unknown => "unknown (not in this build)",
+            State::UnknownStatus => "unknown status",
+            State::Malformed => "malformed record",
+        };
+        f.write_str(s)
+    }
+}
+
+/// One line of `migrate status`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationStatus {
+    /// Number from the file name (0 for unknown records).
+    pub number: u32,
+    /// `NNN_snake_name`.
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// Its state.
+    pub state: State,
+    /// Checksum of the compiled source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    /// The tracking record, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<Record>,
+}
+
+/// The state a record gives a compiled-in migration with `checksum`.
+fn state_of(record: Option<&Record>, checksum: &str) -> State {
+    let Some(record) = record else {
+        return State::Pending;
+    };
+    match &record.status {
+        RecordStatus::Completed if record.checksum != checksum => State::Changed,
+        RecordStatus::Completed => State::Completed,
+        RecordStatus::Failed => State::Failed,
+        RecordStatus::Running => State::Running,
+        RecordStatus::RollingBack => State::RollingBack,
+        RecordStatus::RolledBack => State::RolledBack,
+        RecordStatus::Malformed => State::Malformed,
+        RecordStatus::Other(_) => State::UnknownStatus,
+    }
+}
+
+/// Every compiled-in migration (in `migrations`' order) with its state, then the records of
+/// migrations not in this build, by name.
+pub fn plan(migrations: &[Registered], records: Vec<Record>) -> Vec<MigrationStatus> {
+    let mut by_name: HashMap<String, Record> =
+        records.into_iter().map(|r| (r.name.clone(), r)).collect();
+    let mut plan: Vec<MigrationStatus> = migrations
+        .iter()
+        .map(|m| {
+            let record = by_name.remove(m.name);
+            MigrationStatus {
+                number: m.number,
+                name: m.name.to_string(),
+                description: m.migration.description().to_string(),
+                state: state_of(record.as_ref(), m.checksum),
+                checksum: Some(m.checksum.to_string()),
+                record,
+            }
+        })
+        .collect();
+    let mut unknown: Vec<_> = by_name.into_values().collect();
+    unknown.sort_by(|a, b| a.name.cmp(&b.name));
+    plan.extend(unknown.into_iter().map(|r| MigrationStatus {
+        number: 0,
+        name: r.name.clone(),
+        description: String::new(),
+        state: State::Unknown,
+        checksum: None,
+        record: Some(r),
+    }));
+    plan
+}
+
+/// Refuses to run over drift or an unfinished rollback, and over an interrupted migration
+/// unless the operator chose `--resume` or `--restart`.
+pub fn check_runnable(
+    migrations: &[Registered],
+    plan: &[MigrationStatus],
+    options: &RunOptions,
+) -> Result<()> {
+    if let Some(to) = options.to {
+        if !migrations.iter().any(|m| m.number == to) {
+            return Err(Error::Config(format!(
+                "--to {to:03}: no migration has that number (see `migrate status`)"
+            )));
+        }
+    }
+    if let Some(m) = plan
+        .iter()
+        .find(|m| matches!(m.state, State::UnknownStatus | State::Malformed))
+    {
+        return Err(unreadable_record(m));
+    }
+    let changed: Vec<&str> = plan
+        .iter()
+        .filter(|m| m.state == State::Changed)
+        .map(|m| m.name.as_str())
+        .collect();
+    if !changed.is_empty() && !options.allow_drift {
+        return Err(Error::Drift {
+            names: changed.join(", "),
+        });
+    }
+    if let Some(m) = plan.iter().find(|m| m.state == State::RollingBack) {
+        return Err(Error::Refused(format!(
+            "the rollback of {} was interrupted; run `migrate rollback` again to finish it before migrating up",
+            m.name
+        )));
+    }
+    if !(options.resume || options.restart) {
+        if let Some(m) = plan.iter().find(|m| m.state == State::Running) {
+            let checkpoint = m
+                .record
+                .as_ref()
+                .and_then(|r| r.checkpoint.as_ref())
+                .map(describe_checkpoint)
+                .unwrap_or_else(|| "none".into());
+            return Err(Error::Interrupted {
+                name: m.name.clone(),
+                checkpoint,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Why a record with an unknown status, or one that cannot be read, stops `up`.
+fn unreadable_record(m: &MigrationStatus) -> Error {
+    let record = m.record.as_ref();
+    let what = match m.state {
+        State::Malformed => format!(
+            "its tracking record is malformed ({})",
+            record.and_then(|r| r.error.clone()).unwrap_or_default()
+        ),
+        _ => format!(
+            "its tracking record has status {:?}, which this build does not know",
+            record.map(|r| r.status.as_str()).unwrap_or("?")
+        ),
+    };
+    Error::Refused(format!(
+        "migration {}: {what}; nothing was run. Fix the record in the `{TRACKING_COLLECTION}` collection (set `status` to \"failed\" to run it again, or \"completed\" if it is applied), or remove it",
+        m.name,
+    ))
+}
+
+/// What `up` runs, in order: the pending migrations within `--to`.
+pub fn pending<'a>(
+    plan: &'a [MigrationStatus],
+    options: &'a RunOptions,
+) -> impl Iterator<Item = &'a MigrationStatus> + 'a {
+    plan.iter()
+        .filter(|m| m.state.is_pending() && options.to.is_none_or(|to| m.number <= to))
+}
+
+/// The checkpoint `up` continues from: an interrupted migration's, with `--resume` only.
+pub fn resume_point(m: &MigrationStatus, options: &RunOptions) -> Option<Document> {
+    (m.state == State::Running && options.resume)
+        .then(|| m.record.as_ref().and_then(|r| r.checkpoint.clone()))
+        .flatten()
+}
+
+/// The migration `rollback` reverts, if any: the last one touched, which is the
+/// highest-numbered one that is applied, or failed or interrupted part-way (its partial writes
+/// are undone, not the migration before it).
+pub fn rollback_target(plan: Vec<MigrationStatus>) -> Option<MigrationStatus> {
+    plan.into_iter()
+        .filter(|m| m.state.is_touched())
+        .max_by_key(|m| m.number)
+}
+
+/// Whether before-images of `name` belong to a migration that is applied or partly applied
+/// (otherwise nothing will ever restore them).
+pub fn owns_before_images(plan: &[MigrationStatus], name: &str) -> bool {
+    plan.iter().any(|m| m.name == name && m.state.is_touched())
+}
+
+/// `last _id 123 (4000 scanned, 3990 modified)` for messages.
+pub fn describe_checkpoint(cp: &Document) -> String {
+    let n = |k: &str| {
+        cp.get(k)
+            .and_then(|v| v.as_i64().or_else(|| v.as_i32().map(i64::from)))
+            .unwrap_or(0)
+    };
+    let last = cp
+        .get("lastId")
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "-".into());
+    format!(
+        "last _id {last} ({} scanned, {} modified)",
+        n("scanned"),
+        n("modified")
+    )
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

@@ -1,0 +1,192 @@
+//! The plan on plain data: no server.
+
+use super::*;
+use crate::engine::migration::{Context, Migration, Outcome};
+use async_trait::async_trait;
+use mongodb::bson::doc;
+use std::sync::Arc;
+
+struct Noop;
+
+#[async_trait]
+impl Migration for Noop {
+    fn description(&self) -> &'static str {
+        "does nothing"
+    }
+    async fn up(&self, _ctx: &Context) -> Result<Outcome> {
+        Ok(Outcome::ok("nothing", Document::new()))
+    }
+}
+
+fn registered(number: u32, name: &'static str) -> Registered {
+    Registered {
+        number,
+        name,
+        checksum: "sum",
+        migration: Arc::new(Noop),
+    }
+}
+
+fn three() -> Vec<Registered> {
+    vec![
+        registered(1, "001_a"),
+        registered(2, "002_b"),
+        registered(3, "003_c"),
+    ]
+}
+
+fn record(name: &str, status: &str) -> Record {
+    Record {
+        name: name.into(),
+        status: RecordStatus::from(status.to_string()),
+        checksum: "sum".into(),
+        ..Record::default()
+    }
+}
+
+fn states(plan: &[MigrationStatus]) -> Vec<(&str, State)> {
+    plan.iter().map(|m| (m.name.as_str(), m.state)).collect()
+}
+
+#[test]
+fn states_come_from_records_and_checksums() {
+    let mut changed = record("002_b", "completed");
+    changed.checksum = "other".into();
+    let planned = plan(
+        &three(),
+        vec![
+            record("001_a", "completed"),
+            changed,
+            record("003_c", "rolling_back"),
+            record("000_gone", "completed"),
+        ],
+    );
+    assert_eq!(
+        states(&planned),
+        [
+            ("001_a", State::Completed),
+            ("002_b", State::Changed),
+            ("003_c", State::RollingBack),
+            ("000_gone", State::Unknown),
+        ]
+    );
+    assert_eq!(planned[3].number, 0);
+}
+
+#[test]
+fn unknown_and_malformed_records_are_flagged_and_refused_by_name() {
+    let unknown = plan(&three(), vec![record("002_b", "paused")]);
+    assert_eq!(unknown[1].state, State::UnknownStatus);
+    let err = check_runnable(&three(), &unknown, &RunOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("002_b"), "{err}");
+    assert!(err.to_string().contains("\"paused\""), "{err}");
+
+    let mut malformed = record("001_a", "<malformed>");
+    malformed.error = Some("invalid type".into());
+    let malformed = plan(&three(), vec![malformed]);
+    assert_eq!(malformed[0].state, State::Malformed);
+    let err = check_runnable(&three(), &malformed, &RunOptions::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("malformed (invalid type)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn pending_runs_failed_rolled_back_and_interrupted_up_to_to() {
+    let records = vec![
+        record("001_a", "failed"),
+        record("002_b", "rolled_back"),
+        record("003_c", "running"),
+    ];
+    let planned = plan(&three(), records);
+    let all = RunOptions {
+        resume: true,
+        ..RunOptions::default()
+    };
+    let names: Vec<_> = pending(&planned, &all).map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["001_a", "002_b", "003_c"]);
+    let to = RunOptions { to: Some(2), ..all };
+    let names: Vec<_> = pending(&planned, &to).map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["001_a", "002_b"]);
+}
+
+#[test]
+fn drift_and_interruptions_are_refused_unless_allowed() {
+    let mut changed = record("001_a", "completed");
+    changed.checksum = "other".into();
+    let plan_changed = plan(&three(), vec![changed]);
+    let err = check_runnable(&three(), &plan_changed, &RunOptions::default()).unwrap_err();
+    assert!(matches!(err, Error::Drift { ref names } if names == "001_a"));
+    let allowed = RunOptions {
+        allow_drift: true,
+        ..RunOptions::default()
+    };
+    assert!(check_runnable(&three(), &plan_changed, &allowed).is_ok());
+
+    let mut running = record("002_b", "running");
+    running.checkpoint = Some(doc! { "lastId": 7, "scanned": 10_i64, "modified": 9 });
+    let plan_running = plan(&three(), vec![running]);
+    let err = check_runnable(&three(), &plan_running, &RunOptions::default()).unwrap_err();
+    match err {
+        Error::Interrupted { name, checkpoint } => {
+            assert_eq!(name, "002_b");
+            assert_eq!(checkpoint, "last _id 7 (10 scanned, 9 modified)");
+        }
+        other => panic!("{other}"),
+    }
+    let resume = RunOptions {
+        resume: true,
+        ..RunOptions::default()
+    };
+    assert!(check_runnable(&three(), &plan_running, &resume).is_ok());
+    let checkpoint = resume_point(&plan_running[1], &resume).unwrap();
+    assert_eq!(checkpoint.get_i32("lastId").unwrap(), 7);
+    let restart = RunOptions {
+        restart: true,
+        ..RunOptions::default()
+    };
+    assert!(resume_point(&plan_running[1], &restart).is_none());
+
+    let plan_rolling = plan(&three(), vec![record("003_c", "rolling_back")]);
+    let err = check_runnable(&three(), &plan_rolling, &resume).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("rollback of 003_c was interrupted"),
+        "{err}"
+    );
+}
+
+#[test]
+fn to_must_name_a_migration() {
+    let empty = plan(&three(), vec![]);
+    let options = RunOptions {
+        to: Some(9),
+        ..RunOptions::default()
+    };
+    let err = check_runnable(&three(), &empty, &options).unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err}");
+}
+
+#[test]
+fn rollback_takes_the_last_migration_touched() {
+    let records = vec![
+        record("001_a", "completed"),
+        record("002_b", "failed"),
+        record("003_c", "rolled_back"),
+    ];
+    let target = rollback_target(plan(&three(), records)).unwrap();
+    assert_eq!(target.name, "002_b");
+    assert!(rollback_target(plan(&three(), vec![])).is_none());
+}
+
+#[test]
+fn before_images_belong_to_touched_migrations_only() {
+    let touched = plan(
+        &three(),
+        vec![record("001_a", "running"), record("002_b", "rolled_back")],
+    );
+    assert!(owns_before_images(&touched, "001_a"));
+    assert!(!owns_before_images(&touched, "002_b"));
+    assert!(!owns_before_images(&touched, "009_elsewhere"));
+}

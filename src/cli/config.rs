@@ -1,8 +1,10 @@
 //! Where to connect and where to log: flags, then the environment, then a `.env` file.
 //!
 //! Flags and environment variables are merged by clap (`env = ...`); this module adds the `.env`
-//! file as the last source, validates the result and connects with short timeouts so a wrong
-//! target fails in seconds rather than hanging.
+//! file as the last source, checks the result's shape (a URI is given and starts with
+//! `mongodb://` or `mongodb+srv://`, a database is named and its name is allowed), and connects
+//! with short timeouts so a wrong target fails in seconds rather than hanging. Whether the server
+//! is there and accepts the credentials is only known by connecting.
 
 use super::redact::{redact, register_secrets};
 use crate::engine::error::{driver_error_summary, Error, Result};
@@ -28,7 +30,7 @@ pub struct Settings {
     pub connect_timeout: Option<Duration>,
 }
 
-/// A validated configuration.
+/// A resolved configuration: a `mongodb` URI and an allowed database name.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Full connection string (may hold a password: print [`Config::redacted_uri`] instead).

@@ -118,11 +118,7 @@ pub(super) fn print_status(status: &[MigrationStatus], json: bool) {
 fn summarize_result(result: &mongodb::bson::Document) -> String {
     let mut summary = result
         .iter()
-        .filter_map(|(k, v)| {
-            v.as_i64()
-                .or_else(|| v.as_i32().map(i64::from))
-                .map(|n| format!("{k}={n}"))
-        })
+        .filter_map(|(k, v)| crate::engine::bson_ext::as_int(v).map(|n| format!("{k}={n}")))
         .collect::<Vec<_>>()
         .join(" ");
     if let Ok(caught) = result.get_document("caughtUp") {

@@ -13,6 +13,7 @@
 //! - [`error`]: the one error type, each message saying what to do.
 
 pub mod backfill;
+pub mod bson_ext;
 mod direction;
 pub mod error;
 pub mod lock;

@@ -2,6 +2,7 @@
 //! next, what `rollback` reverts, and what is refused and why. The runner loads the records and
 //! acts on the plan; everything here is unit-tested on plain data.
 
+use crate::engine::bson_ext::int_field;
 use crate::engine::error::{Error, Result};
 use crate::engine::migration::RunOptions;
 use crate::engine::registry::Registered;
@@ -246,11 +247,7 @@ pub fn owns_before_images(plan: &[MigrationStatus], name: &str) -> bool {
 
 /// `last _id 123 (4000 scanned, 3990 modified)` for messages.
 pub fn describe_checkpoint(cp: &Document) -> String {
-    let n = |k: &str| {
-        cp.get(k)
-            .and_then(|v| v.as_i64().or_else(|| v.as_i32().map(i64::from)))
-            .unwrap_or(0)
-    };
+    let n = |k: &str| int_field(cp, k);
     let last = cp
         .get("lastId")
         .map(|v| v.to_string())

@@ -239,13 +239,7 @@ impl Store {
         }
         let mut update = doc! { "$set": fields, "$push": { "history": entry } };
         if !unset.is_empty() {
-            update.insert(
-                "$unset",
-                unset
-                    .iter()
-                    .map(|k| (k.to_string(), Bson::String(String::new())))
-                    .collect::<Document>(),
-            );
+            update.insert("$unset", crate::engine::bson_ext::unset(unset));
         }
         self.update_record(
             name,

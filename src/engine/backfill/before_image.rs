@@ -7,6 +7,7 @@
 //! since is reported, never clobbered.
 
 use super::retry::with_retry;
+use crate::engine::bson_ext::unset;
 use crate::engine::error::Result;
 use crate::engine::migration::Stop;
 use futures::TryStreamExt;
@@ -210,13 +211,7 @@ async fn restore_entries(
             u.insert("$set", before);
         }
         if !absent.is_empty() {
-            u.insert(
-                "$unset",
-                absent
-                    .iter()
-                    .map(|k| (k.clone(), Bson::String(String::new())))
-                    .collect::<Document>(),
-            );
+            u.insert("$unset", unset(&absent));
         }
         if !u.is_empty() {
             statements.push(doc! { "q": q, "u": u });
@@ -230,11 +225,7 @@ async fn restore_entries(
             db.run_command(command.clone())
         })
         .await?;
-        reply
-            .get("n")
-            .and_then(|v| v.as_i64().or_else(|| v.as_i32().map(i64::from)))
-            .unwrap_or(0)
-            .max(0) as u64
+        super::int(&reply, "n")
     };
     // The oldest entry of each document in this batch decides where it should now stand.
     let mut oldest: HashMap<Vec<u8>, &Document> = HashMap::new();

@@ -78,10 +78,7 @@ impl CatchUpStats {
 
 /// A non-negative counter stored as int32 or int64 (0 when absent).
 pub fn int(d: &Document, key: &str) -> u64 {
-    d.get(key)
-        .and_then(|v| v.as_i64().or_else(|| v.as_i32().map(i64::from)))
-        .unwrap_or(0)
-        .max(0) as u64
+    crate::engine::bson_ext::int_field(d, key).max(0) as u64
 }
 
 impl Stats {

@@ -1,4 +1,7 @@
-//! Writes one batch in one round trip: an `update` command with many statements, unordered.
+//! Writes one batch with an `update` command of many statements, unordered. The server path
+//! takes that one round trip; the client path may take several: it stores the batch's
+//! before-images first (when the backfill keeps them), and re-reads and rewrites the documents
+//! whose guard failed, for a bounded number of rounds.
 //!
 //! Server path: each statement covers the batch's `_id` range and the candidate filter, so a redo
 //! touches only documents that still need it. Client path: each statement is guarded on every
@@ -301,13 +304,7 @@ fn statement(p: &Planned) -> Document {
         update.insert("$set", p.set.clone());
     }
     if !p.unset.is_empty() {
-        update.insert(
-            "$unset",
-            p.unset
-                .iter()
-                .map(|k| (k.clone(), Bson::String(String::new())))
-                .collect::<Document>(),
-        );
+        update.insert("$unset", crate::engine::bson_ext::unset(&p.unset));
     }
     doc! { "q": p.guard.clone(), "u": update }
 }

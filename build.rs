@@ -3,7 +3,8 @@
 //! Every file must be named `NNN_snake_name.rs`; the number orders them. A malformed name or two
 //! files sharing a number fail the build, because a silently skipped or reordered migration is
 //! worse than no build. Each migration's source is hashed (SHA-256) here so a change to an already
-//! applied migration is detected at run time as drift.
+//! applied migration is detected at run time as drift. The hash is over the text with CRLF read
+//! as LF, so line endings alone never read as drift.
 
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -58,7 +59,7 @@ fn main() {
     out.push_str("\n/// Every compiled-in migration, in number order.\npub fn compiled() -> Vec<crate::registry::Registered> {\n    vec![\n");
     for (number, (name, path)) in &found {
         let source = fs::read(path).unwrap();
-        let checksum = hex(&Sha256::digest(&source));
+        let checksum = hex(&Sha256::digest(lf_normalised(&source)));
         writeln!(
             out,
             "        crate::registry::Registered {{ number: {number}, name: {name:?}, checksum: {checksum:?}, migration: std::sync::Arc::new(m{number:03}::migration()) }},"
@@ -95,6 +96,20 @@ fn parse_name(file: &str) -> Result<(u32, String), String> {
         return Err("numbers start at 001".into());
     }
     Ok((number, stem.to_string()))
+}
+
+/// The source with every CRLF read as LF, so a checkout that converted line endings hashes
+/// the same as the LF text the checksums were first taken over.
+fn lf_normalised(source: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(source.len());
+    let mut bytes = source.iter().peekable();
+    while let Some(&b) = bytes.next() {
+        if b == b'\r' && bytes.peek() == Some(&&b'\n') {
+            continue;
+        }
+        out.push(b);
+    }
+    out
 }
 
 fn hex(bytes: &[u8]) -> String {

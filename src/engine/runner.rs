@@ -1,7 +1,7 @@
 //! [`MigrationRunner`]: runs pending migrations under the lock, reports status, and rolls the
 //! last one back. What to run and what to refuse is [`crate::engine::plan`]'s; the runner loads
 //! the records, takes the lock, and drives each migration through one begin -> call -> finish
-//! path ([`MigrationRunner::execute`]) in either direction.
+//! path (`MigrationRunner::execute`) in either direction.
 
 pub use crate::engine::plan::{describe_checkpoint, MigrationStatus, State};
 

@@ -2,8 +2,7 @@
 //! fields added as 0 field by field, existing values kept, idempotence, the recorded counts,
 //! mixed `_id` types, and both forms of `down`.
 
-#[path = "../common/mod.rs"]
-mod common;
+use crate::common;
 
 use common::{fresh_db, TestDb};
 use mongo_migrate::{MigrationRunner, RunOptions};

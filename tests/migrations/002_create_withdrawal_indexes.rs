@@ -2,8 +2,7 @@
 //! set, re-runs as no-ops, conflicts stopping `up` by name, and `down` dropping only what `up`
 //! created.
 
-#[path = "../common/mod.rs"]
-mod common;
+use crate::common;
 
 use common::{fresh_db, TestDb};
 use futures::TryStreamExt;

@@ -3,8 +3,7 @@
 //! (or failing the run), moved balances never overwritten, idempotence, exact rollback with
 //! conflicts reported, and a dry run that writes nothing.
 
-#[path = "../common/mod.rs"]
-mod common;
+use crate::common;
 
 use common::{fresh_db, TestDb};
 use futures::TryStreamExt;

@@ -5,10 +5,9 @@
 
 mod common;
 
-use common::{fresh_db, read, text, TestDb};
+use common::{bytes, fresh_db, load, migrate, read, result_of as result, spawn, text, Rng, TestDb};
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Decimal128, Document};
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const M001: &str = "001_add_withdrawal_fields_to_users";
@@ -27,22 +26,6 @@ const SIGKILL_USERS: usize = 100_000;
 
 // ---------------------------------------------------------------------------------------------
 // Data
-
-/// splitmix64: a tiny deterministic generator, so every run sees the same users.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn dec(s: &str) -> Bson {
     Bson::Decimal128(s.parse::<Decimal128>().unwrap())
@@ -137,13 +120,6 @@ fn plain_users(n: usize) -> Vec<Document> {
         .collect()
 }
 
-async fn load(t: &TestDb, docs: &[Document]) {
-    let coll = t.db.collection::<Document>("users");
-    for chunk in docs.chunks(10_000) {
-        coll.insert_many(chunk.to_vec()).await.unwrap();
-    }
-}
-
 /// A counter of a result or checkpoint (stored as int64).
 fn n(d: &Document, key: &str) -> i64 {
     match d.get(key) {
@@ -151,12 +127,6 @@ fn n(d: &Document, key: &str) -> i64 {
         Some(Bson::Int32(v)) => i64::from(*v),
         other => panic!("{key} is not an integer in {d}: {other:?}"),
     }
-}
-
-fn bytes(d: &Document) -> Vec<u8> {
-    let mut out = Vec::new();
-    d.to_writer(&mut out).unwrap();
-    out
 }
 
 /// Byte-for-byte equality (types, values and field order), reporting the first difference.
@@ -178,90 +148,6 @@ fn assert_same_users(actual: &[Document], expected: &[Document]) {
 // ---------------------------------------------------------------------------------------------
 // Running the binary
 
-/// `migrate ARGS` to completion, off the async workers.
-async fn migrate(t: &TestDb, args: &[&str]) -> Output {
-    let mut cmd = t.migrate_cmd(args);
-    tokio::task::spawn_blocking(move || cmd.output().expect("run migrate"))
-        .await
-        .unwrap()
-}
-
-/// A `migrate` process in the background; killed if the test fails first.
-struct Running {
-    child: Option<Child>,
-}
-
-fn spawn(t: &TestDb, args: &[&str]) -> Running {
-    let child = t
-        .migrate_cmd(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start migrate");
-    Running { child: Some(child) }
-}
-
-impl Running {
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    fn has_exited(&mut self) -> bool {
-        self.child.as_mut().unwrap().try_wait().unwrap().is_some()
-    }
-
-    /// Waits for the exit and collects the output.
-    async fn output(mut self) -> Output {
-        let child = self.child.take().unwrap();
-        tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-            .await
-            .unwrap()
-    }
-
-    /// SIGKILL (what `Child::kill` sends on unix), then reaps it, so its pid is gone.
-    async fn kill(mut self) -> Output {
-        self.child.as_mut().unwrap().kill().unwrap();
-        self.output().await
-    }
-
-    /// Ctrl-C.
-    fn interrupt(&self) {
-        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGINT) };
-        assert_eq!(rc, 0, "sending SIGINT");
-    }
-
-    /// Polls `ready` every 10 ms until it holds; fails if the process ends first.
-    async fn wait_until(&mut self, what: &str, mut ready: impl AsyncFnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if ready().await {
-                return;
-            }
-            if self.has_exited() {
-                let child = self.child.take().unwrap();
-                let out = child.wait_with_output().unwrap();
-                panic!(
-                    "migrate ended ({}) before {what}:\n{}",
-                    out.status,
-                    text(&out)
-                );
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// The checkpoint on `name`'s tracking record, if any.
 async fn checkpoint(t: &TestDb, name: &str) -> Option<Document> {
     t.record(name)
         .await
@@ -277,10 +163,6 @@ async fn count(t: &TestDb, collection: &str) -> u64 {
         .count_documents(doc! {})
         .await
         .unwrap()
-}
-
-fn result(record: &Document) -> &Document {
-    record.get_document("result").unwrap()
 }
 
 fn history(record: &Document) -> Vec<String> {

@@ -9,14 +9,13 @@
 
 mod common;
 
-use common::{fresh_db, read, text, TestDb};
+use common::{bytes, fresh_db, load, migrate, read, text, Rng, Running, TestDb};
 use mongo_migrate::money::{classify, Earnings};
 use mongodb::bson::{doc, spec::BinarySubtype, Binary, Bson, Document};
 use std::collections::HashMap;
-use std::process::{Child, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const M001: &str = "001_add_withdrawal_fields_to_users";
 const M002: &str = "002_create_withdrawal_indexes";
@@ -30,19 +29,6 @@ const FIELDS: [&str; 3] = [
 const USERS: i64 = 8_000;
 /// The throttle that keeps the scan running long enough for the writer to overlap it.
 const RATE: &str = "4000";
-
-/// splitmix64: deterministic data.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
 
 /// Users with integer `_id`s: 40% without earnings (0, missing or null), the rest with amounts
 /// of several numeric types, 5% whose balance the application already moved.
@@ -74,19 +60,6 @@ fn users(n: i64, seed: u64) -> Vec<Document> {
             d
         })
         .collect()
-}
-
-async fn load(t: &TestDb, docs: &[Document]) {
-    let coll = t.db.collection::<Document>("users");
-    for chunk in docs.chunks(10_000) {
-        coll.insert_many(chunk.to_vec()).await.unwrap();
-    }
-}
-
-fn bytes(d: &Document) -> Vec<u8> {
-    let mut out = Vec::new();
-    d.to_writer(&mut out).unwrap();
-    out
 }
 
 /// The withdrawal fields of every user, by `_id` (extended JSON, type-exact).
@@ -211,64 +184,6 @@ impl Writer {
     }
 }
 
-/// A `migrate` process in the background; killed if the test fails first.
-struct Running(Option<Child>);
-
-impl Running {
-    fn start(t: &TestDb, args: &[&str]) -> Running {
-        let child = t
-            .migrate_cmd(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start migrate");
-        Running(Some(child))
-    }
-
-    async fn output(mut self) -> Output {
-        let child = self.0.take().unwrap();
-        tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-            .await
-            .unwrap()
-    }
-
-    async fn kill(mut self) -> Output {
-        self.0.as_mut().unwrap().kill().unwrap();
-        self.output().await
-    }
-
-    /// Polls `ready` until it holds; false if the process ended first.
-    async fn wait_until(&mut self, mut ready: impl AsyncFnMut() -> bool) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(180);
-        loop {
-            if ready().await {
-                return true;
-            }
-            if self.0.as_mut().unwrap().try_wait().unwrap().is_some() {
-                return false;
-            }
-            assert!(Instant::now() < deadline, "timed out");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-async fn migrate(t: &TestDb, args: &[&str]) -> Output {
-    let mut cmd = t.migrate_cmd(args);
-    tokio::task::spawn_blocking(move || cmd.output().expect("run migrate"))
-        .await
-        .unwrap()
-}
-
 async fn checkpoint(t: &TestDb) -> Option<Document> {
     t.record(M003)
         .await
@@ -342,11 +257,10 @@ async fn trial(
     let mut run = Running::start(&t, &args);
     match until {
         StopWriter::MidScan => {
-            run.wait_until(async || scanned(&t).await >= USERS / 2)
-                .await;
+            run.wait_for(async || scanned(&t).await >= USERS / 2).await;
         }
         StopWriter::ScanEnd => {
-            run.wait_until(async || scan_finished(&t).await).await;
+            run.wait_for(async || scan_finished(&t).await).await;
         }
     }
     let writes = writer.stop().await;
@@ -409,15 +323,14 @@ async fn killed_trial(tag: &str, seed: u64, during_drain: bool) {
     let mut run = Running::start(&t, &args);
     let log = t.log_file();
     let reached = if during_drain {
-        run.wait_until(async || {
+        run.wait_for(async || {
             read(&log).contains(&format!(
                 "scan finished; catching up with concurrent writes migration=\"{M003}\""
             ))
         })
         .await
     } else {
-        run.wait_until(async || scanned(&t).await >= USERS / 3)
-            .await
+        run.wait_for(async || scanned(&t).await >= USERS / 3).await
     };
     assert!(reached, "migrate ended before it could be killed");
     run.kill().await;
@@ -430,7 +343,7 @@ async fn killed_trial(tag: &str, seed: u64, during_drain: bool) {
     let mut resume = args.to_vec();
     resume.push("--resume");
     let mut run = Running::start(&t, &resume);
-    run.wait_until(async || scan_finished(&t).await).await;
+    run.wait_for(async || scan_finished(&t).await).await;
     writer.stop().await;
     let out = run.output().await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

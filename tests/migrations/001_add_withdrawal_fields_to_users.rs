@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use common::{fresh_db, TestDb};
+use common::{all_bytes as bytes, fresh_db, result_of, TestDb};
 use mongo_migrate::{MigrationRunner, RunOptions};
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Document};
 
@@ -46,18 +46,6 @@ fn with_defaults(mut user: Document) -> Document {
         user.insert(f, 0);
     }
     user
-}
-
-/// Documents as their BSON bytes: equal only if byte-for-byte identical (field order and numeric
-/// types included), unlike `Document`'s `==`, which ignores field order.
-fn bytes(docs: &[Document]) -> Vec<Vec<u8>> {
-    docs.iter()
-        .map(|d| mongodb::bson::to_vec(d).unwrap())
-        .collect()
-}
-
-fn result_of(record: &Document) -> &Document {
-    record.get_document("result").expect("record has a result")
 }
 
 #[tokio::test]

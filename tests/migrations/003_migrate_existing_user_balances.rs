@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use common::{fresh_db, TestDb};
+use common::{bytes, fresh_db, result_of, TestDb};
 use futures::TryStreamExt;
 use mongo_migrate::money::{classify, Earnings};
 use mongo_migrate::{MigrationRunner, RunOptions};
@@ -57,12 +57,6 @@ fn find<'a>(docs: &'a [Document], id: &Bson) -> &'a Document {
         .unwrap_or_else(|| panic!("no user {id}"))
 }
 
-/// A document's BSON bytes: equal only if byte-for-byte identical (field order, numeric types
-/// and NaN payloads included), unlike `Document`'s `==`, which ignores field order.
-fn bytes(d: &Document) -> Vec<u8> {
-    mongodb::bson::to_vec(d).unwrap()
-}
-
 /// Asserts two snapshots are byte-for-byte identical, naming the first document that differs.
 fn assert_identical(actual: &[Document], expected: &[Document]) {
     assert_eq!(
@@ -112,10 +106,6 @@ fn reason(earnings: &Bson) -> &'static str {
         Earnings::Invalid(reason) => reason,
         other => panic!("{earnings} should be invalid earnings, classified {other:?}"),
     }
-}
-
-fn result_of(record: &Document) -> &Document {
-    record.get_document("result").expect("record has a result")
 }
 
 #[tokio::test]

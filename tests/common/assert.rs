@@ -1,0 +1,36 @@
+//! Reading results back for assertions: documents in `_id` order, a run's output, files.
+
+use mongodb::bson::{doc, Document};
+use std::path::Path;
+use std::process::Output;
+
+/// Every document of `coll`, sorted by `_id`.
+pub async fn sorted_by_id(coll: &mongodb::Collection<Document>) -> Vec<Document> {
+    use futures::TryStreamExt;
+    coll.find(doc! {})
+        .sort(doc! { "_id": 1 })
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+/// stdout and stderr of a CLI run, for assertions and failure messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Reads a whole file, or "" if it does not exist.
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// The `result` of a tracking record (which must have one).
+pub fn result_of(record: &Document) -> &Document {
+    record.get_document("result").expect("record has a result")
+}

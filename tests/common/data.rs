@@ -1,0 +1,40 @@
+//! Test data: a deterministic generator, loading documents, and byte-exact comparison.
+
+use super::server::TestDb;
+use mongodb::bson::Document;
+
+/// splitmix64: a tiny deterministic generator, so every run sees the same data.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Inserts `docs` into `users`, in chunks the server accepts.
+pub async fn load(t: &TestDb, docs: &[Document]) {
+    let coll = t.db.collection::<Document>("users");
+    for chunk in docs.chunks(10_000) {
+        coll.insert_many(chunk.to_vec()).await.unwrap();
+    }
+}
+
+/// A document's BSON bytes: equal only if byte-for-byte identical (field order, numeric types
+/// and NaN payloads included), unlike `Document`'s `==`, which ignores field order.
+pub fn bytes(d: &Document) -> Vec<u8> {
+    mongodb::bson::to_vec(d).unwrap()
+}
+
+/// [`bytes`] of every document.
+pub fn all_bytes(docs: &[Document]) -> Vec<Vec<u8>> {
+    docs.iter().map(bytes).collect()
+}

@@ -49,7 +49,7 @@ const RESTORE_BATCH: usize = 1000;
 
 /// Restores every document `migration` changed, newest entry first, deleting the chunks once
 /// applied (so an interrupted restore resumes where it stopped). Chunks are taken together until
-/// about [`RESTORE_BATCH`] entries, so one-entry chunks (saved per document while the application
+/// about `RESTORE_BATCH` entries, so one-entry chunks (saved per document while the application
 /// wrote) cost no more than batch chunks.
 pub async fn restore(db: &Database, migration: &str, stop: &Stop) -> Result<RestoreReport> {
     let chunks = db.collection::<Document>(BEFORE_IMAGES);

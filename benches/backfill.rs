@@ -526,5 +526,6 @@ async fn run(users: u64, bench: bool) -> usize {
         let _ = std::fs::write(&path, &report);
         println!("written to {}", path.display());
     }
+    common::shutdown_clients().await;
     failures
 }

@@ -8,7 +8,8 @@ pub mod config;
 pub mod exit_codes;
 pub mod logging;
 pub mod progress;
-pub mod redact;
+/// Redaction lives in the engine (records are written with it too); re-exported for the CLI.
+pub use crate::engine::redact;
 mod report;
 mod signals;
 

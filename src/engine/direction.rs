@@ -94,7 +94,7 @@ impl Direction {
             ),
             (Direction::Up { .. }, Ending::Failed { reason, .. }) => (
                 Ended::Failed,
-                doc! { "status": RecordStatus::Failed, "error": reason },
+                doc! { "status": RecordStatus::Failed, "error": super::redact::redact(reason) },
                 &[],
             ),
             (Direction::Down { partial }, Ending::Failed { reason, result }) => {
@@ -108,7 +108,7 @@ impl Direction {
                 let error = format!("rollback failed: {reason}");
                 (
                     Ended::Failed,
-                    doc! { "status": back, "error": error, "rollbackResult": result.clone() },
+                    doc! { "status": back, "error": super::redact::redact(&error), "rollbackResult": result.clone() },
                     &[],
                 )
             }

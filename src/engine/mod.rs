@@ -20,6 +20,7 @@ pub mod lock;
 pub mod migration;
 pub mod plan;
 pub mod record;
+pub mod redact;
 pub mod registry;
 pub mod runner;
 pub mod store;

@@ -157,6 +157,18 @@ pub struct TestDb {
     pub logs: tempfile::TempDir,
 }
 
+/// Every client `fresh_db` made, so a program that ends its runtime itself (the benchmark) can
+/// shut them down first: the driver panics in its background tasks if the runtime goes first.
+static CLIENTS: std::sync::Mutex<Vec<Client>> = std::sync::Mutex::new(Vec::new());
+
+/// Shuts down every client made by [`fresh_db`].
+pub async fn shutdown_clients() {
+    let clients = std::mem::take(&mut *CLIENTS.lock().unwrap_or_else(|e| e.into_inner()));
+    for client in clients {
+        client.shutdown().await;
+    }
+}
+
 /// A fresh, empty database named after `tag`.
 pub async fn fresh_db(tag: &str) -> TestDb {
     let server = server();
@@ -173,6 +185,10 @@ pub async fn fresh_db(tag: &str) -> TestDb {
         .expect("connect to the test server");
     let db = client.database(&name);
     db.drop().await.expect("drop the test database");
+    CLIENTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(client.clone());
     TestDb {
         client,
         db,

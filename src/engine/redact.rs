@@ -1,6 +1,7 @@
 //! Secrets never reach output: every writer of stdout, stderr and the log file passes its text
-//! through [`redact`], which hides passwords and sensitive option values of anything shaped like
-//! a URI, and every secret [`register_secrets`] learnt from the connection string in use.
+//! through [`redact`], and so does every error stored in the tracking collection. It hides
+//! passwords and sensitive option values of anything shaped like a URI, and every secret
+//! [`register_secrets`] learnt from the connection string in use.
 
 use std::sync::RwLock;
 

@@ -172,27 +172,25 @@ pub async fn rounds(
             let rewritten = owned_pass(ctx, spec, stats).await?;
             found.extend(rewritten);
         }
-        if found.is_empty() {
+        if !found.is_empty() {
             info!(
                 migration = ctx.name(),
-                round, "no candidate left after the scan"
+                round,
+                left = found.len(),
+                "candidates left after the scan written"
             );
-            return Ok(());
         }
-        info!(
-            migration = ctx.name(),
-            round,
-            left = found.len(),
-            "candidates left after the scan written"
-        );
+        // With a stream, every round also writes what the application changed while it ran
+        // (a document the run wrote, whose inputs changed, is no candidate the check can find),
+        // and tells which of the documents found were changed meanwhile.
+        let mut explained = found.is_empty();
         if let Some(watcher) = watcher {
-            // Which of them did the application change while this round ran?
             watcher
                 .drain(super::catch_up::cluster_time(ctx.db()).await)
                 .await?;
             let taken = watcher.take()?;
             let changed: HashSet<Vec<u8>> = taken.ids.iter().map(key_of).collect();
-            let explained = found.iter().all(|id| changed.contains(&key_of(id)));
+            explained = found.iter().all(|id| changed.contains(&key_of(id)));
             let part = process_ids(ctx, spec, taken.ids).await?;
             stats.absorb_catch_up(part);
             stats.catch_up.events = watcher.events();
@@ -202,15 +200,22 @@ pub async fn rounds(
                 .and_then(super::catch_up::token_to_bson)
                 .or(token);
             save(ctx, done, stats, token.as_ref()).await?;
-            if explained {
-                info!(
-                    migration = ctx.name(),
-                    round, "every candidate left was changed by the application during the round"
-                );
-                return Ok(());
-            }
-        } else {
+        } else if !found.is_empty() {
             save(ctx, done, stats, token.as_ref()).await?;
+        }
+        if found.is_empty() {
+            info!(
+                migration = ctx.name(),
+                round, "no candidate left after the scan"
+            );
+            return Ok(());
+        }
+        if explained {
+            info!(
+                migration = ctx.name(),
+                round, "every candidate left was changed by the application during the round"
+            );
+            return Ok(());
         }
         if round == MAX_ROUNDS {
             let left = found.len();

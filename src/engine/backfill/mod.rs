@@ -12,10 +12,13 @@
 mod before_image;
 mod catch_up;
 mod checkpoint;
+mod owned;
 mod pipeline;
 mod progress;
+mod readback;
 mod retry;
 mod scan;
+mod server;
 mod settle;
 mod spec;
 mod throttle;

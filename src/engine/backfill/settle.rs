@@ -12,12 +12,12 @@
 
 use super::catch_up::{key_of, Watcher};
 use super::checkpoint::{to_checkpoint, Stats};
+use super::owned::{recompute_owned, recompute_with};
 use super::retry::with_retry;
 use super::scan::Position;
+use super::server::{server_batch, Scope};
 use super::spec::{Backfill, CatchUp, Change, Transform};
-use super::write::{
-    and, client_batch, projection, recompute_owned, recompute_with, server_batch, Scope,
-};
+use super::write::{and, client_batch, projection};
 use crate::engine::error::{Error, Result};
 use crate::engine::migration::Context;
 use futures::TryStreamExt;

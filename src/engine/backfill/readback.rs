@@ -1,0 +1,92 @@
+//! Fast-path batches read back what the server wrote, so before-images record it.
+
+use super::retry::with_retry;
+use super::spec::{Backfill, Change, DocTransform};
+use super::write::{already_applied, projection, Planned};
+use crate::engine::error::Result;
+use crate::engine::migration::Stop;
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::Database;
+
+/// The documents of a batch written by the fast path.
+pub(super) struct FastWrite {
+    pub(super) ids: Vec<Bson>,
+}
+
+/// Makes the before-images of the fast path's documents say what the server actually wrote.
+///
+/// The server computes from the document as it is when written, which is what was read unless
+/// the application changed an input in between. Such a document is read back: if its fields are
+/// exactly what the transform gives for its current inputs, that is what this batch wrote, and its
+/// entry records it, so `down` restores it. Anything else (the application also changed a written
+/// field) keeps the entry as it is, and `down` reports the document as changed rather than
+/// overwrite the application's value.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn record_what_was_written(
+    db: &Database,
+    spec: &Backfill,
+    transform: &DocTransform,
+    planned: &[Planned],
+    fast: &FastWrite,
+    chunk_id: Bson,
+    mut entries: Vec<Bson>,
+    stop: &Stop,
+) -> Result<()> {
+    let coll = db.collection::<Document>(&spec.collection);
+    let projection = projection(&spec.fields);
+    let ids = fast.ids.clone();
+    let current: Vec<Document> = with_retry("reading back a written batch", stop, || async {
+        coll.find(doc! { "_id": { "$in": ids.clone() } })
+            .projection(projection.clone())
+            .await?
+            .try_collect()
+            .await
+    })
+    .await?;
+    let by_id: std::collections::HashMap<Vec<u8>, &Document> = current
+        .iter()
+        .filter_map(|d| d.get("_id").map(|id| (super::catch_up::key_of(id), d)))
+        .collect();
+    let mut corrected = 0usize;
+    for (p, entry) in planned.iter().zip(entries.iter_mut()) {
+        let Some(now) = by_id.get(&super::catch_up::key_of(&p.id)) else {
+            continue;
+        };
+        if already_applied(now, &p.set, &p.unset) {
+            continue;
+        }
+        // The inputs as they are now, with the written fields as they were before the write.
+        let mut inputs = (*now).clone();
+        for key in p.set.keys().chain(p.unset.iter()) {
+            match p.before.get(key) {
+                Some(v) => inputs.insert(key.clone(), v.clone()),
+                None => inputs.remove(key),
+            };
+        }
+        if let Change::Update { set, unset } = transform(&inputs) {
+            if unset == p.unset && set.keys().eq(p.set.keys()) && already_applied(now, &set, &unset)
+            {
+                if let Some(e) = entry.as_document_mut() {
+                    e.insert("after", set);
+                    corrected += 1;
+                }
+            }
+        }
+    }
+    if corrected > 0 {
+        let images = db.collection::<Document>(super::BEFORE_IMAGES);
+        with_retry("correcting before-images", stop, || {
+            images.update_one(
+                doc! { "_id": chunk_id.clone() },
+                doc! { "$set": { "entries": entries.clone() } },
+            )
+        })
+        .await?;
+        tracing::debug!(
+            corrected,
+            "inputs changed between read and write; before-images record what was written"
+        );
+    }
+    Ok(())
+}

@@ -11,7 +11,7 @@ use crate::engine::bson_ext::unset;
 use crate::engine::error::Result;
 use crate::engine::migration::Stop;
 use futures::TryStreamExt;
-use mongodb::bson::{doc, Bson, Document};
+use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::Database;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -44,6 +44,36 @@ impl RestoreReport {
     }
 }
 
+/// Newest chunk first. `createdAt` is the server's clock (see [`chunk_time`]), so chunks saved by
+/// a killed run and by the run that resumed it order right even within one second, where
+/// ObjectIds of two processes do not; `_id` breaks ties within a process.
+pub static NEWEST_FIRST: std::sync::LazyLock<Document> =
+    std::sync::LazyLock::new(|| doc! { "createdAt": -1, "_id": -1 });
+
+/// Milliseconds to add to this host's clock to read the server's.
+static SERVER_OFFSET_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Reads the server's clock (`hello.localTime`) so [`chunk_time`] follows it; a server that does
+/// not report it leaves this host's clock in use.
+pub async fn align_clock(db: &Database) {
+    let local = DateTime::now().timestamp_millis();
+    if let Ok(reply) = db.run_command(doc! { "hello": 1 }).await {
+        if let Ok(server) = reply.get_datetime("localTime") {
+            let after = DateTime::now().timestamp_millis();
+            let offset = server.timestamp_millis() - (local + after) / 2;
+            SERVER_OFFSET_MS.store(offset, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// The `createdAt` of a new chunk: now, on the server's clock.
+pub fn chunk_time() -> DateTime {
+    DateTime::from_millis(
+        DateTime::now().timestamp_millis()
+            + SERVER_OFFSET_MS.load(std::sync::atomic::Ordering::Relaxed),
+    )
+}
+
 /// Entries restored per `update` command: chunks are read newest first until this many entries.
 const RESTORE_BATCH: usize = 1000;
 
@@ -53,6 +83,13 @@ const RESTORE_BATCH: usize = 1000;
 /// wrote) cost no more than batch chunks.
 pub async fn restore(db: &Database, migration: &str, stop: &Stop) -> Result<RestoreReport> {
     let chunks = db.collection::<Document>(BEFORE_IMAGES);
+    let order = mongodb::IndexModel::builder()
+        .keys(doc! { "migration": 1, "createdAt": -1, "_id": -1 })
+        .build();
+    with_retry("indexing before-images", stop, || {
+        chunks.create_index(order.clone())
+    })
+    .await?;
     let mut report = RestoreReport::default();
     // Documents not in the before-state of their oldest entry seen so far: an older entry (in a
     // later batch) may still restore them; whatever is left at the end changed since.
@@ -65,7 +102,7 @@ pub async fn restore(db: &Database, migration: &str, stop: &Stop) -> Result<Rest
         let found: Vec<Document> = with_retry("reading before-images", stop, || async {
             chunks
                 .find(filter.clone())
-                .sort(doc! { "_id": -1 })
+                .sort(NEWEST_FIRST.clone())
                 .limit(RESTORE_BATCH as i64)
                 .await?
                 .try_collect()

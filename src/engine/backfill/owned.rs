@@ -12,7 +12,7 @@ use super::write::{
 use crate::engine::error::Result;
 use crate::engine::migration::Stop;
 use futures::TryStreamExt;
-use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::bson::{doc, Bson, Document};
 use mongodb::Database;
 
 /// Databases whose before-images were indexed by document in this process.
@@ -44,7 +44,7 @@ pub(super) async fn recompute_owned(
     let single: Vec<Document> = with_retry("reading before-images", stop, || async {
         images
             .find(doc! { "migration": migration, "doc": { "$in": ids.clone() } })
-            .sort(doc! { "_id": -1 })
+            .sort(super::before_image::NEWEST_FIRST.clone())
             .projection(doc! { "entries": 1 })
             .await?
             .try_collect()
@@ -93,7 +93,7 @@ pub(super) async fn recompute_owned(
             images
                 .aggregate(vec![
                     doc! { "$match": { "migration": migration, "doc": { "$exists": false }, "entries._id": { "$in": missing.clone() } } },
-                    doc! { "$sort": { "_id": -1 } },
+                    doc! { "$sort": super::before_image::NEWEST_FIRST.clone() },
                     doc! { "$unwind": "$entries" },
                     doc! { "$match": { "entries._id": { "$in": missing.clone() } } },
                     doc! { "$replaceRoot": { "newRoot": "$entries" } },
@@ -243,7 +243,7 @@ pub(super) async fn save_per_document(
         return Ok(());
     }
     ensure_image_indexes(db, stop).await?;
-    let now = DateTime::now();
+    let now = super::before_image::chunk_time();
     let chunks: Vec<Document> = planned
         .iter()
         .map(|p| {

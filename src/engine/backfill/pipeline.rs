@@ -58,6 +58,9 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
         None => (Position::start(), Stats::default(), None),
     };
     let coll = ctx.db().collection::<Document>(&spec.collection);
+    if spec.before_images && !dry_run {
+        super::before_image::align_clock(ctx.db()).await;
+    }
     // Opened before the scan reads anything, so no write after the scan's first read is missed.
     let catch_up = spec
         .catch_up

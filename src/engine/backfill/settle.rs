@@ -249,7 +249,7 @@ async fn owned_pass(ctx: &Context, spec: &Backfill, stats: &mut Stats) -> Result
     let mut cursor = with_retry("reading before-images", ctx.stop(), || {
         images
             .find(doc! { "migration": ctx.name() })
-            .sort(doc! { "_id": -1 })
+            .sort(super::before_image::NEWEST_FIRST.clone())
     })
     .await?;
     let coll = ctx.db().collection::<Document>(&spec.collection);

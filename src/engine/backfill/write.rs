@@ -15,7 +15,7 @@ use super::spec::{Backfill, Change, DocTransform};
 use crate::engine::error::{Error, Result};
 use crate::engine::migration::Stop;
 use futures::TryStreamExt;
-use mongodb::bson::{doc, Bson, DateTime, Document};
+use mongodb::bson::{doc, Bson, Document};
 use mongodb::Database;
 use rayon::prelude::*;
 
@@ -274,7 +274,7 @@ pub async fn client_batch(
             let doc = doc! {
                 "migration": migration,
                 "collection": &spec.collection,
-                "createdAt": DateTime::now(),
+                "createdAt": super::before_image::chunk_time(),
                 "entries": entries.clone(),
             };
             let images = db.collection::<Document>(super::BEFORE_IMAGES);

@@ -206,7 +206,8 @@ fn in_before_state(current: &[Document], e: &Document) -> bool {
         })
 }
 
-fn strings(entry: &Document, key: &str) -> Vec<String> {
+/// The strings of an entry's array field (`absent`, `removed`).
+pub(super) fn strings(entry: &Document, key: &str) -> Vec<String> {
     entry
         .get_array(key)
         .map(|a| {

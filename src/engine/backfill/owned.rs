@@ -3,11 +3,13 @@
 //! before-images saved one per document while the application writes, which make that lookup an
 //! indexed read.
 
+use super::before_image::strings;
 use super::checkpoint::Stats;
 use super::retry::with_retry;
 use super::spec::{Backfill, Change, DocTransform};
 use super::write::{
-    already_applied, before_image, field_guard, projection, statement, update_command, Planned,
+    already_applied, before_image, field_guard, find_all, projection, statement, update_command,
+    Planned,
 };
 use crate::engine::error::Result;
 use crate::engine::migration::Stop;
@@ -52,14 +54,13 @@ pub(super) async fn recompute_owned(
     })
     .await?;
     let coll = db.collection::<Document>(&spec.collection);
-    let projection = projection(&spec.fields);
-    let current: Vec<Document> = with_retry("re-reading written documents", stop, || async {
-        coll.find(doc! { "_id": { "$in": ids.clone() } })
-            .projection(projection.clone())
-            .await?
-            .try_collect()
-            .await
-    })
+    let current = find_all(
+        &coll,
+        doc! { "_id": { "$in": ids.clone() } },
+        &projection(&spec.fields),
+        "re-reading written documents",
+        stop,
+    )
     .await?;
     // Newest first. A batch saves its entries before it writes, and a write whose guard failed
     // leaves an entry that never happened: the entry that counts is the newest one whose `after`
@@ -74,7 +75,7 @@ pub(super) async fn recompute_owned(
     );
     let holds = |doc: &Document, e: &Document| {
         let after = e.get_document("after").cloned().unwrap_or_default();
-        already_applied(doc, &after, &strings_of(e, "removed"))
+        already_applied(doc, &after, &strings(e, "removed"))
     };
     // Documents none of whose single images they hold: look in the batch images.
     let missing: Vec<Bson> = current
@@ -122,7 +123,7 @@ pub(super) async fn recompute_with(
     let mut stats = Stats::default();
     let holds = |doc: &Document, e: &Document| {
         let after = e.get_document("after").cloned().unwrap_or_default();
-        already_applied(doc, &after, &strings_of(e, "removed"))
+        already_applied(doc, &after, &strings(e, "removed"))
     };
     let mut planned = Vec::new();
     for doc in current {
@@ -136,7 +137,7 @@ pub(super) async fn recompute_with(
             continue; // the application changed a written field: its value now
         };
         let after = entry.get_document("after").cloned().unwrap_or_default();
-        let removed = strings_of(entry, "removed");
+        let removed = strings(entry, "removed");
         // The inputs as they are now, with the written fields as before the migration wrote.
         let mut inputs = doc.clone();
         if let Ok(before) = entry.get_document("before") {
@@ -144,7 +145,7 @@ pub(super) async fn recompute_with(
                 inputs.insert(k.clone(), v.clone());
             }
         }
-        for k in strings_of(entry, "absent") {
+        for k in strings(entry, "absent") {
             inputs.remove(&k);
         }
         let (set, unset) = match transform(&inputs) {
@@ -217,17 +218,6 @@ fn group(entries: &mut std::collections::HashMap<Vec<u8>, Vec<Document>>, found:
                 .push(e);
         }
     }
-}
-
-fn strings_of(entry: &Document, key: &str) -> Vec<String> {
-    entry
-        .get_array(key)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Saves one before-image per document: a chunk of one entry, with the document's `_id` in `doc`

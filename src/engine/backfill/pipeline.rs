@@ -384,10 +384,7 @@ fn spawn_catch_up(
     taken: Taken,
 ) -> tokio::task::JoinHandle<BatchResult> {
     let ctx = ctx.clone();
-    let mut spec = spec.clone();
-    // The application is writing these very documents: guarded per document.
-    spec.fast_path = None;
-    spec.per_document_images = true;
+    let spec = spec.clone();
     tokio::spawn(async move {
         let token = taken.token.as_ref().and_then(token_to_bson);
         let stats = process_ids(&ctx, &spec, taken.ids).await?;
@@ -408,11 +405,11 @@ fn spawn_batch(
     live: bool,
 ) -> tokio::task::JoinHandle<BatchResult> {
     let ctx = ctx.clone();
-    let mut spec = spec.clone();
-    if live {
-        spec.fast_path = None;
-        spec.per_document_images = true;
-    }
+    let spec = if live {
+        spec.while_live()
+    } else {
+        spec.clone()
+    };
     tokio::spawn(async move {
         let options = ctx.options();
         let stats = match &spec.transform {

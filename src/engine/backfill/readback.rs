@@ -2,10 +2,9 @@
 
 use super::retry::with_retry;
 use super::spec::{Backfill, Change, DocTransform};
-use super::write::{already_applied, projection, Planned};
+use super::write::{already_applied, find_all, projection, Planned};
 use crate::engine::error::Result;
 use crate::engine::migration::Stop;
-use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::Database;
 
@@ -34,15 +33,13 @@ pub(super) async fn record_what_was_written(
     stop: &Stop,
 ) -> Result<()> {
     let coll = db.collection::<Document>(&spec.collection);
-    let projection = projection(&spec.fields);
-    let ids = fast.ids.clone();
-    let current: Vec<Document> = with_retry("reading back a written batch", stop, || async {
-        coll.find(doc! { "_id": { "$in": ids.clone() } })
-            .projection(projection.clone())
-            .await?
-            .try_collect()
-            .await
-    })
+    let current = find_all(
+        &coll,
+        doc! { "_id": { "$in": fast.ids.clone() } },
+        &projection(&spec.fields),
+        "reading back a written batch",
+        stop,
+    )
     .await?;
     let by_id: std::collections::HashMap<Vec<u8>, &Document> = current
         .iter()

@@ -17,7 +17,7 @@ use super::retry::with_retry;
 use super::scan::Position;
 use super::server::{server_batch, Scope};
 use super::spec::{Backfill, CatchUp, Change, Transform};
-use super::write::{and, client_batch, projection};
+use super::write::{already_applied, and, client_batch, find_all, projection};
 use crate::engine::error::{Error, Result};
 use crate::engine::migration::Context;
 use futures::TryStreamExt;
@@ -32,11 +32,8 @@ pub const MAX_ROUNDS: u64 = 8;
 /// Transforms and writes the documents named by `ids` that are still candidates.
 pub async fn process_ids(ctx: &Context, spec: &Backfill, ids: Vec<Bson>) -> Result<Stats> {
     let options = ctx.options();
-    // The application is writing these very documents: guarded per document.
-    let mut spec = spec.clone();
-    spec.fast_path = None;
-    spec.per_document_images = true;
-    let spec = &spec;
+    // The application is writing these very documents.
+    let spec = &spec.while_live();
     let mut stats = Stats::default();
     for chunk in ids.chunks(options.batch_size.max(1)) {
         let part = match &spec.transform {
@@ -57,16 +54,14 @@ pub async fn process_ids(ctx: &Context, spec: &Backfill, ids: Vec<Bson>) -> Resu
                     doc! { "_id": { "$in": chunk.to_vec() } },
                     spec.filter.clone(),
                 ]);
-                let projection = projection(&spec.fields);
-                let docs: Vec<Document> =
-                    with_retry("re-reading changed documents", ctx.stop(), || async {
-                        coll.find(filter.clone())
-                            .projection(projection.clone())
-                            .await?
-                            .try_collect()
-                            .await
-                    })
-                    .await?;
+                let docs = find_all(
+                    &coll,
+                    filter,
+                    &projection(&spec.fields),
+                    "re-reading changed documents",
+                    ctx.stop(),
+                )
+                .await?;
                 // The others are no longer candidates; those this run wrote follow their inputs.
                 let found: HashSet<Vec<u8>> = docs
                     .iter()
@@ -284,15 +279,14 @@ async fn owned_pass(ctx: &Context, spec: &Backfill, stats: &mut Stats) -> Result
                 .values()
                 .filter_map(|e| e.first()?.get("_id").cloned())
                 .collect();
-            let current: Vec<Document> =
-                with_retry("re-reading written documents", ctx.stop(), || async {
-                    coll.find(doc! { "_id": { "$in": ids.clone() } })
-                        .projection(projection.clone())
-                        .await?
-                        .try_collect()
-                        .await
-                })
-                .await?;
+            let current = find_all(
+                &coll,
+                doc! { "_id": { "$in": ids.clone() } },
+                &projection,
+                "re-reading written documents",
+                ctx.stop(),
+            )
+            .await?;
             let part = recompute_with(
                 ctx.db(),
                 spec,
@@ -328,19 +322,8 @@ fn needs_change(spec: &Backfill, doc: &Document) -> bool {
     match &spec.transform {
         Transform::Server(_) => true,
         Transform::Client(transform) => match transform(doc) {
-            Change::Update { set, unset } => {
-                !(set.iter().all(|(k, v)| same(doc.get(k), v))
-                    && unset.iter().all(|k| !doc.contains_key(k)))
-            }
+            Change::Update { set, unset } => !already_applied(doc, &set, &unset),
             Change::Unchanged | Change::Invalid(_) => false,
         },
-    }
-}
-
-fn same(current: Option<&Bson>, target: &Bson) -> bool {
-    match (current, target) {
-        (Some(Bson::Double(a)), Bson::Double(b)) => a.to_bits() == b.to_bits(),
-        (Some(a), b) => a == b,
-        (None, _) => false,
     }
 }

@@ -167,6 +167,16 @@ impl Backfill {
         self.fast_path = Some(fast_path);
         self
     }
+    /// The same backfill for documents the application is writing: each written by its own
+    /// statement guarded on every field read (the fast path computes from the document as it is
+    /// at write time, which cannot be guarded per document cheaply), with one before-image per
+    /// document so catch-up finds it by index.
+    pub(super) fn while_live(&self) -> Backfill {
+        let mut spec = self.clone();
+        spec.fast_path = None;
+        spec.per_document_images = true;
+        spec
+    }
     /// Disables checkpoints (and catch-up, which needs them to resume).
     pub fn without_checkpoints(mut self) -> Self {
         self.checkpoints = false;

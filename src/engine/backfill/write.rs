@@ -80,6 +80,25 @@ pub(super) async fn update_command(
     })
 }
 
+/// Every document matching `filter`, with `projection`, retried like every read (used to read
+/// batches of documents by `_id` again).
+pub(super) async fn find_all(
+    coll: &mongodb::Collection<Document>,
+    filter: Document,
+    projection: &Document,
+    what: &str,
+    stop: &Stop,
+) -> Result<Vec<Document>> {
+    with_retry(what, stop, || async {
+        coll.find(filter.clone())
+            .projection(projection.clone())
+            .await?
+            .try_collect()
+            .await
+    })
+    .await
+}
+
 /// `{$and: [a, b, ...]}` without empty parts.
 pub fn and(parts: Vec<Document>) -> Document {
     let mut parts: Vec<Document> = parts.into_iter().filter(|d| !d.is_empty()).collect();
@@ -331,14 +350,13 @@ pub async fn client_batch(
         // ones still eligible and recompute; the ones written by us now come back unchanged.
         let ids: Vec<Bson> = planned.iter().map(|p| p.id.clone()).collect();
         let filter = and(vec![doc! { "_id": { "$in": ids } }, spec.filter.clone()]);
-        let projection = projection(&spec.fields);
-        let reread: Vec<Document> = with_retry("re-reading changed documents", stop, || async {
-            coll.find(filter.clone())
-                .projection(projection.clone())
-                .await?
-                .try_collect()
-                .await
-        })
+        let reread = find_all(
+            &coll,
+            filter,
+            &projection(&spec.fields),
+            "re-reading changed documents",
+            stop,
+        )
         .await?;
         let gone = planned.len() as u64 - result.matched.min(planned.len() as u64);
         // Those no longer candidates but holding exactly what we would write were written by an

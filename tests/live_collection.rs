@@ -9,7 +9,9 @@
 
 mod common;
 
-use common::{bytes, fresh_db, load, migrate, read, text, Rng, Running, TestDb};
+use common::{
+    bytes, fresh_db, load, migrate, read, text, Rng, Running, TestDb, FIELDS, M001, M002, M003,
+};
 use mongo_migrate::money::{classify, Earnings};
 use mongodb::bson::{doc, spec::BinarySubtype, Binary, Bson, Document};
 use std::collections::HashMap;
@@ -17,14 +19,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-const M001: &str = "001_add_withdrawal_fields_to_users";
-const M002: &str = "002_create_withdrawal_indexes";
-const M003: &str = "003_migrate_existing_user_balances";
-const FIELDS: [&str; 3] = [
-    "withdrawableBalance",
-    "totalWithdrawn",
-    "pendingWithdrawals",
-];
 /// Users of the live trials: enough for a scan of several seconds at the throttle below.
 const USERS: i64 = 8_000;
 /// The throttle that keeps the scan running long enough for the writer to overlap it.
@@ -185,9 +179,7 @@ impl Writer {
 }
 
 async fn checkpoint(t: &TestDb) -> Option<Document> {
-    t.record(M003)
-        .await
-        .and_then(|r| r.get_document("checkpoint").ok().cloned())
+    t.checkpoint(M003).await
 }
 
 async fn scanned(t: &TestDb) -> i64 {

@@ -4,14 +4,10 @@
 
 mod common;
 
-use common::{fresh_db, text};
+use common::{fresh_db, text, M001, M002, M003};
 use mongodb::bson::{doc, Document};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-const M001: &str = "001_add_withdrawal_fields_to_users";
-const M002: &str = "002_create_withdrawal_indexes";
-const M003: &str = "003_migrate_existing_user_balances";
 
 async fn insert_record(t: &common::TestDb, record: Document) {
     t.db.collection::<Document>("migrations")

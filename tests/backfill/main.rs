@@ -13,19 +13,14 @@ mod mixed_ids;
 mod resume;
 mod signals;
 
-use common::{bytes, fresh_db, load, migrate, read, result_of as result, spawn, text, Rng, TestDb};
+use common::{
+    bytes, fresh_db, load, migrate, read, result_of as result, spawn, text, Rng, TestDb, FIELDS,
+    M001, M002, M003,
+};
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Decimal128, Document};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-const M001: &str = "001_add_withdrawal_fields_to_users";
-const M002: &str = "002_create_withdrawal_indexes";
-const M003: &str = "003_migrate_existing_user_balances";
-const FIELDS: [&str; 3] = [
-    "withdrawableBalance",
-    "totalWithdrawn",
-    "pendingWithdrawals",
-];
 const COUNTRIES: [&str; 4] = ["NG", "KE", "GH", "ZA"];
 
 /// Users of the SIGKILL test: 100k, so each backfill has ~200 checkpointed batches of 500 to be
@@ -157,9 +152,7 @@ fn assert_same_users(actual: &[Document], expected: &[Document]) {
 // Running the binary
 
 async fn checkpoint(t: &TestDb, name: &str) -> Option<Document> {
-    t.record(name)
-        .await
-        .and_then(|r| r.get_document("checkpoint").ok().cloned())
+    t.checkpoint(name).await
 }
 
 async fn scanned(t: &TestDb, name: &str) -> i64 {

@@ -3,6 +3,17 @@
 use super::server::TestDb;
 use mongodb::bson::Document;
 
+/// The compiled-in migrations, by name.
+pub const M001: &str = "001_add_withdrawal_fields_to_users";
+pub const M002: &str = "002_create_withdrawal_indexes";
+pub const M003: &str = "003_migrate_existing_user_balances";
+/// The withdrawal fields every user ends with.
+pub const FIELDS: [&str; 3] = [
+    "withdrawableBalance",
+    "totalWithdrawn",
+    "pendingWithdrawals",
+];
+
 /// splitmix64: a tiny deterministic generator, so every run sees the same data.
 pub struct Rng(pub u64);
 

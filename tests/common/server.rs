@@ -259,6 +259,13 @@ impl TestDb {
         );
     }
 
+    /// The checkpoint on `name`'s tracking record, if any.
+    pub async fn checkpoint(&self, name: &str) -> Option<Document> {
+        self.record(name)
+            .await
+            .and_then(|r| r.get_document("checkpoint").ok().cloned())
+    }
+
     /// The tracking record of `name`.
     pub async fn record(&self, name: &str) -> Option<Document> {
         self.db

@@ -297,9 +297,12 @@ async fn owned_pass(ctx: &Context, spec: &Backfill, stats: &mut Stats) -> Result
                 ctx.stop(),
             )
             .await?;
-            if part.modified > 0 {
+            // Written, or changed again between the read and the write (its guard failed):
+            // either way another round must look. Without a stream nothing else reports them.
+            let again = part.modified + part.conflicts;
+            if again > 0 {
                 // Which ones is not reported by the write; the batch stands for them.
-                rewritten.extend(ids.into_iter().take(part.modified as usize));
+                rewritten.extend(ids.into_iter().take(again as usize));
             }
             stats.absorb_catch_up(part);
         }

@@ -46,13 +46,23 @@ pub(super) enum Command {
     Up(UpArgs),
     /// Show every migration's state, when it ran and how long it took
     Status {
-        /// Print JSON instead of a table
+        /// Print JSON instead of a table (dates as ISO-8601, relaxed extended JSON)
         #[arg(long)]
         json: bool,
     },
     /// Revert the last migration touched: the last completed one with its `down`, or the partial
-    /// writes of one that failed or was interrupted
+    /// writes of one that failed or was interrupted; with --to, every migration above a number
+    #[command(visible_alias = "down")]
     Rollback(RollbackArgs),
+    /// Mark every migration up to NNN as applied without running it, for a database brought to
+    /// that state by other means (each record's history says so)
+    Baseline(BaselineArgs),
+    /// Print a shell completion script (e.g. `migrate completions bash > /etc/bash_completion.d/migrate`)
+    Completions {
+        /// The shell to complete for
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Load realistic LMS sample data (users and withdrawals) into the database
     SampleData(SampleArgs),
 }
@@ -102,6 +112,9 @@ pub(super) struct UpArgs {
     /// Run pending migrations only up to and including this number (e.g. --to 2)
     #[arg(long, value_name = "NNN", value_parser = parse_migration_number)]
     pub(super) to: Option<u32>,
+    /// Print one JSON document of results on stdout (progress and logs stay on stderr)
+    #[arg(long)]
+    pub(super) json: bool,
     /// How backfills catch up with documents the application changes meanwhile: `auto` follows
     /// the change stream (resumable from the token saved with each checkpoint) where the
     /// deployment has one; `passes` re-reads the candidates after the scan until none is left;
@@ -125,6 +138,25 @@ pub(super) struct RollbackArgs {
     /// Allow the rollback to destroy data that is not the migration's own (see each migration)
     #[arg(long)]
     pub(super) force: bool,
+    /// Roll back every applied (or partly applied) migration numbered above NNN, newest first,
+    /// after one confirmation (0 rolls back all of them)
+    #[arg(long, value_name = "NNN", value_parser = parse_rollback_number)]
+    pub(super) to: Option<u32>,
+    /// Report what would be reverted and restored; write nothing (no documents, records or lock)
+    #[arg(long)]
+    pub(super) dry_run: bool,
+    #[command(flatten)]
+    pub(super) lock: LockArgs,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct BaselineArgs {
+    /// The last migration to mark applied
+    #[arg(long, value_name = "NNN", required = true, value_parser = parse_migration_number)]
+    pub(super) to: u32,
+    /// Show what would be marked; write nothing
+    #[arg(long)]
+    pub(super) dry_run: bool,
     #[command(flatten)]
     pub(super) lock: LockArgs,
 }
@@ -157,6 +189,14 @@ fn parse_rate(s: &str) -> std::result::Result<f64, String> {
         _ => Err(format!(
             "{s:?} is not a positive number of documents per second"
         )),
+    }
+}
+
+/// `rollback --to NNN`: a migration's number, or 0 for "all of them".
+fn parse_rollback_number(s: &str) -> std::result::Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(0) => Ok(0),
+        _ => parse_migration_number(s),
     }
 }
 

@@ -1,16 +1,16 @@
 //! The subcommands: each turns its flags into [`RunOptions`], drives the runner and prints what
 //! happened.
 
-use super::args::{LockArgs, RollbackArgs, SampleArgs, UpArgs};
+use super::args::{BaselineArgs, LockArgs, RollbackArgs, SampleArgs, UpArgs};
 use super::config::Config;
 use super::logging::{print_err, print_out};
 use super::progress::Bar;
-use super::report::{print_report, print_status};
+use super::report::{print_report, print_report_json, print_rollback_preview, print_status};
 use super::signals::{watch_signals, Kind};
 use crate::engine::backfill::ProgressView;
 use crate::engine::error::{Error, Result};
 use crate::engine::migration::RunOptions;
-use crate::engine::runner::{MigrationRunner, State};
+use crate::engine::runner::{MigrationRunner, RunReport, State};
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,9 +58,15 @@ pub(super) async fn up(db: mongodb::Database, config: &Config, args: UpArgs) -> 
     let runner = MigrationRunner::new(db).with_options(options);
     let _signals = watch_signals(runner.stop_handle(), Kind::Up);
     tracing::info!(database = %config.database, uri = %config.redacted_uri(), dry_run = args.dry_run, "migrate up");
-    let report = runner.run_pending().await?;
-    print_report(&report);
-    Ok(())
+    let mut report = RunReport::default();
+    let result = runner.run_pending_into(&mut report).await;
+    if args.json {
+        // One document whatever happened, so a script reads the outcome from stdout alone.
+        print_report_json(&report, result.as_ref().err());
+    } else if result.is_ok() {
+        print_report(&report);
+    }
+    result
 }
 
 pub(super) async fn rollback(db: mongodb::Database, args: RollbackArgs) -> Result<()> {
@@ -70,29 +76,39 @@ pub(super) async fn rollback(db: mongodb::Database, args: RollbackArgs) -> Resul
     };
     lock_options(&mut options, &args.lock);
     let runner = MigrationRunner::new(db).with_options(options);
-    let Some(target) = runner.rollback_target().await? else {
-        return Err(Error::Refused(
-            "nothing to roll back: no migration is completed".into(),
-        ));
-    };
+    if args.dry_run {
+        let previews = runner.rollback_preview(args.to).await?;
+        print_rollback_preview(&previews, args.to);
+        return Ok(());
+    }
+    let targets = runner.rollback_targets(args.to).await?;
+    if targets.is_empty() {
+        return Err(Error::Refused(match args.to {
+            None => "nothing to roll back: no migration is completed".into(),
+            Some(to) => format!("nothing to roll back: no migration above {to:03} is applied"),
+        }));
+    }
     if !args.yes {
+        let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
         if !std::io::stdin().is_terminal() {
             return Err(Error::Refused(format!(
                 "rollback of {} needs confirmation: pass --yes to confirm without a terminal",
-                target.name
+                names.join(", ")
             )));
         }
-        if matches!(target.state, State::Failed | State::Running) {
-            print_err(format!(
-                "{} is {} part-way: undo its partial writes ({})? Type 'yes' to confirm: ",
+        let question = match targets.as_slice() {
+            [target] if matches!(target.state, State::Failed | State::Running) => format!(
+                "{} is {} part-way: undo its partial writes ({})?",
                 target.name, target.state, target.description
-            ));
-        } else {
-            print_err(format!(
-                "Roll back {} ({})? Type 'yes' to confirm: ",
-                target.name, target.description
-            ));
-        }
+            ),
+            [target] => format!("Roll back {} ({})?", target.name, target.description),
+            _ => format!(
+                "Roll back {} migrations, newest first: {}?",
+                targets.len(),
+                names.join(", ")
+            ),
+        };
+        print_err(format!("{question} Type 'yes' to confirm: "));
         let _ = std::io::stderr().flush();
         let mut answer = String::new();
         let _ = std::io::stdin().read_line(&mut answer);
@@ -103,13 +119,38 @@ pub(super) async fn rollback(db: mongodb::Database, args: RollbackArgs) -> Resul
         }
     }
     let _signals = watch_signals(runner.stop_handle(), Kind::Rollback);
-    let applied = runner.rollback_last().await?;
-    print_out(format!(
-        "rolled back {} in {:.1}s: {}",
-        applied.name,
-        applied.duration.as_secs_f64(),
-        applied.outcome.message
-    ));
+    for applied in runner.rollback_to(args.to).await? {
+        print_out(format!(
+            "rolled back {} in {:.1}s: {}",
+            applied.name,
+            applied.duration.as_secs_f64(),
+            applied.outcome.message
+        ));
+    }
+    Ok(())
+}
+
+pub(super) async fn baseline(db: mongodb::Database, args: BaselineArgs) -> Result<()> {
+    let mut options = RunOptions {
+        dry_run: args.dry_run,
+        ..RunOptions::default()
+    };
+    lock_options(&mut options, &args.lock);
+    let runner = MigrationRunner::new(db).with_options(options);
+    let marked = runner.baseline(args.to).await?;
+    let verb = if args.dry_run { "would mark" } else { "marked" };
+    if marked.is_empty() {
+        print_out(format!(
+            "nothing to mark: every migration up to {:03} is applied",
+            args.to
+        ));
+    }
+    for name in &marked {
+        print_out(format!("{verb} {name} applied without running it"));
+    }
+    if args.dry_run {
+        print_out("dry run: nothing was written");
+    }
     Ok(())
 }
 

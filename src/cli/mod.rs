@@ -42,6 +42,19 @@ pub fn main() -> i32 {
             return exit::SUCCESS;
         }
     };
+    // Needs no database, settings or log file.
+    if let Command::Completions { shell } = cli.command {
+        // Into a buffer first: the generator panics on a closed pipe (`| head`).
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "migrate", &mut script);
+        return match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                print_err(format!("error: cannot write the completion script: {e}\n"));
+                exit::CONFIG
+            }
+            _ => exit::SUCCESS,
+        };
+    }
     let settings = match settings_and_logging(&cli, &matches) {
         Ok(settings) => settings,
         Err(e) => {
@@ -121,6 +134,8 @@ async fn run(cli: Cli, settings: Settings) -> Result<()> {
         Command::Status { json } => commands::status(db, json).await,
         Command::Up(args) => commands::up(db, &config, args).await,
         Command::Rollback(args) => commands::rollback(db, args).await,
+        Command::Baseline(args) => commands::baseline(db, args).await,
+        Command::Completions { .. } => unreachable!("answered before connecting"),
         Command::SampleData(args) => commands::sample_data(db, args).await,
     };
     // Shut the driver down while the runtime still runs: left to the runtime's teardown, its

@@ -1,7 +1,9 @@
 //! What the operator reads on stdout: the run report and the status table (or its JSON).
 
+use super::exit_codes::ProcessExitCode;
 use super::logging::print_out;
-use crate::engine::runner::{MigrationStatus, RunReport, State};
+use crate::engine::error::Error;
+use crate::engine::runner::{MigrationStatus, RollbackPreview, RunReport, State};
 
 /// `println!` with the line's secrets hidden (see [`print_out`]).
 macro_rules! out {
@@ -11,6 +13,17 @@ macro_rules! out {
 }
 
 pub(super) fn print_report(report: &RunReport) {
+    if !report.adopted.is_empty() {
+        let verb = if report.dry_run {
+            "would adopt"
+        } else {
+            "adopted"
+        };
+        out!(
+            "{verb} the JavaScript runner's record(s) of {}",
+            report.adopted.join(", ")
+        );
+    }
     if report.applied.is_empty() {
         out!("nothing to migrate: every migration is applied");
         return;
@@ -41,17 +54,98 @@ pub(super) fn print_report(report: &RunReport) {
     }
 }
 
+/// BSON values (dates, ObjectIds, 64-bit counters) as relaxed extended JSON: dates as
+/// ISO-8601 strings, numbers as plain numbers.
+fn relaxed_json<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    match mongodb::bson::to_bson(value) {
+        Ok(bson) => bson.into_relaxed_extjson(),
+        Err(e) => serde_json::json!({ "error": format!("cannot serialize: {e}") }),
+    }
+}
+
+/// `up --json`: what was applied (or would be), what was adopted, and the error if any.
+pub(super) fn print_report_json(report: &RunReport, error: Option<&Error>) {
+    let applied: Vec<serde_json::Value> = report
+        .applied
+        .iter()
+        .map(|a| {
+            serde_json::json!({
+                "name": a.name,
+                "success": a.outcome.success,
+                "message": a.outcome.message,
+                "durationMs": a.duration.as_millis() as u64,
+                "result": mongodb::bson::Bson::Document(a.outcome.result.clone()).into_relaxed_extjson(),
+            })
+        })
+        .collect();
+    let mut doc = serde_json::json!({
+        "ok": error.is_none(),
+        "dryRun": report.dry_run,
+        "adopted": report.adopted,
+        "applied": applied,
+    });
+    if let Some(e) = error {
+        doc["error"] = serde_json::Value::String(e.to_string());
+        doc["exitCode"] = serde_json::Value::from(e.exit_code());
+    }
+    out!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+}
+
+/// `rollback --dry-run`: each migration that would be reverted and what it would restore.
+pub(super) fn print_rollback_preview(previews: &[RollbackPreview], to: Option<u32>) {
+    if previews.is_empty() {
+        match to {
+            None => out!("nothing to roll back: no migration is completed"),
+            Some(to) => out!("nothing to roll back: no migration above {to:03} is applied"),
+        }
+    }
+    for p in previews {
+        let m = &p.status;
+        let how = if !p.reversible {
+            "refused: it has no down".to_string()
+        } else if p.images.chunks > 0 {
+            format!(
+                "restores {} document(s) from its before-images ({} chunk(s)), except those changed since",
+                p.images.documents, p.images.chunks
+            )
+        } else {
+            let recorded = m
+                .record
+                .as_ref()
+                .and_then(|r| r.result.as_ref())
+                .map(summarize_result)
+                .filter(|s| !s.is_empty())
+                .map(|s| format!(" (its recorded result: {s})"))
+                .unwrap_or_default();
+            format!("runs its down{recorded}")
+        };
+        let what = if p.partial {
+            "would undo the partial writes of"
+        } else {
+            "would roll back"
+        };
+        out!("{what} {} ({}): {how}", m.name, m.state);
+    }
+    out!("dry run: nothing was written");
+}
+
 pub(super) fn print_status(status: &[MigrationStatus], json: bool) {
     if json {
-        let value = serde_json::to_value(status).unwrap_or_default();
         out!(
             "{}",
-            serde_json::to_string_pretty(&value).unwrap_or_default()
+            serde_json::to_string_pretty(&relaxed_json(&status)).unwrap_or_default()
         );
         return;
     }
+    // As wide as the longest state shown, so a long one does not push its row out of line.
+    let width = status
+        .iter()
+        .map(|m| m.state.to_string().len())
+        .chain([22])
+        .max()
+        .unwrap_or(22);
     out!(
-        "{:<4} {:<42} {:<22} {:<20} {:>9}  NOTE",
+        "{:<4} {:<42} {:<width$} {:<20} {:>9}  NOTE",
         "#",
         "MIGRATION",
         "STATE",
@@ -87,6 +181,13 @@ pub(super) fn print_status(status: &[MigrationStatus], json: bool) {
                 "source changed since applied: `up` refuses until restored or --allow-drift".into()
             }
             State::Pending => m.description.clone(),
+            State::Adopted => format!(
+                "recorded without a checksum{}; the next `up` adopts it",
+                record
+                    .filter(|r| r.name != m.name)
+                    .map(|r| format!(" as {}", r.name))
+                    .unwrap_or_default()
+            ),
             State::UnknownStatus => format!(
                 "status {:?} is not one this build knows: `up` refuses until the record is fixed or removed",
                 record.map(|r| r.status.as_str()).unwrap_or("?")
@@ -95,11 +196,23 @@ pub(super) fn print_status(status: &[MigrationStatus], json: bool) {
                 "cannot be read ({}): `up` refuses until the record is fixed or removed",
                 record.and_then(|r| r.error.clone()).unwrap_or_default()
             ),
-            _ => record
-                .and_then(|r| r.result.as_ref())
-                .map(summarize_result)
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| m.description.clone()),
+            _ => {
+                let summary = record
+                    .and_then(|r| r.result.as_ref())
+                    .map(summarize_result)
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| m.description.clone());
+                match record {
+                    Some(r) if m.state == State::Completed && r.baselined_at.is_some() => {
+                        "marked applied by `migrate baseline`, not run".to_string()
+                    }
+                    Some(r) if m.state == State::Completed && r.adopted_at.is_some() => format!(
+                        "adopted from the JavaScript runner's {}; {summary}",
+                        r.adopted_from.as_deref().unwrap_or(&r.name)
+                    ),
+                    _ => summary,
+                }
+            }
         };
         let number = if m.number == 0 {
             "?".into()
@@ -107,7 +220,7 @@ pub(super) fn print_status(status: &[MigrationStatus], json: bool) {
             format!("{:03}", m.number)
         };
         out!(
-            "{number:<4} {:<42} {:<22} {when:<20} {duration:>9}  {note}",
+            "{number:<4} {:<42} {:<width$} {when:<20} {duration:>9}  {note}",
             m.name,
             m.state.to_string()
         );

@@ -19,6 +19,10 @@ pub enum State {
     Pending,
     /// Applied, source unchanged.
     Completed,
+    /// Applied by the JavaScript runner this tool replaces (a `completed` record without a
+    /// checksum, or named with `.js`): counts as applied; the next `up`, `rollback` or
+    /// `baseline` adopts the record (gives it today's checksum and a history entry).
+    Adopted,
     /// Applied, but its source changed since.
     Changed,
     /// Its last `up` failed; `up` retries it.
@@ -50,7 +54,12 @@ impl State {
     fn is_touched(self) -> bool {
         matches!(
             self,
-            State::Completed | State::Changed | State::RollingBack | State::Failed | State::Running
+            State::Completed
+                | State::Adopted
+                | State::Changed
+                | State::RollingBack
+                | State::Failed
+                | State::Running
         )
     }
 }
@@ -60,6 +69,7 @@ impl std::fmt::Display for State {
         let s = match self {
             State::Pending => "pending",
             State::Completed => "completed",
+            State::Adopted => "applied (adopted from the JavaScript runner)",
             State::Changed => "changed since applied",
             State::Failed => "failed",
             State::Running => "running",
@@ -91,7 +101,14 @@ pub struct MigrationStatus {
     /// The tracking record, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub record: Option<Record>,
+    /// Records the JavaScript runner wrote for this migration that are still to be adopted:
+    /// named with `.js`, or `completed` without a checksum.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub to_adopt: Vec<String>,
 }
+
+/// The JavaScript runner's file suffix, which its records' names may carry.
+pub const JS_SUFFIX: &str = ".js";
 
 /// The state a record gives a compiled-in migration with `checksum`.
 fn state_of(record: Option<&Record>, checksum: &str) -> State {
@@ -99,6 +116,8 @@ fn state_of(record: Option<&Record>, checksum: &str) -> State {
         return State::Pending;
     };
     match &record.status {
+        // No checksum was ever recorded (the JavaScript runner kept none): not drift.
+        RecordStatus::Completed if record.checksum.is_empty() => State::Adopted,
         RecordStatus::Completed if record.checksum != checksum => State::Changed,
         RecordStatus::Completed => State::Completed,
         RecordStatus::Failed => State::Failed,
@@ -112,13 +131,29 @@ fn state_of(record: Option<&Record>, checksum: &str) -> State {
 
 /// Every compiled-in migration (in `migrations`' order) with its state, then the records of
 /// migrations not in this build, by name.
+///
+/// A record named with `.js` (as the JavaScript runner names them) is that migration's record.
+/// When both a plain and a `.js` record exist, the plain one is the record; the other is listed
+/// in `to_adopt` and merged into it on adoption.
 pub fn plan(migrations: &[Registered], records: Vec<Record>) -> Vec<MigrationStatus> {
     let mut by_name: HashMap<String, Record> =
         records.into_iter().map(|r| (r.name.clone(), r)).collect();
     let mut plan: Vec<MigrationStatus> = migrations
         .iter()
         .map(|m| {
-            let record = by_name.remove(m.name);
+            let plain = by_name.remove(m.name);
+            let js = by_name.remove(&format!("{}{JS_SUFFIX}", m.name));
+            let mut to_adopt: Vec<String> = js.iter().map(|r| r.name.clone()).collect();
+            let record = match (plain, js) {
+                (Some(plain), _) => Some(plain),
+                (None, js) => js,
+            };
+            if let Some(r) = &record {
+                let unclaimed = r.status == RecordStatus::Completed && r.checksum.is_empty();
+                if unclaimed && r.name == m.name {
+                    to_adopt.push(r.name.clone());
+                }
+            }
             MigrationStatus {
                 number: m.number,
                 name: m.name.to_string(),
@@ -126,6 +161,7 @@ pub fn plan(migrations: &[Registered], records: Vec<Record>) -> Vec<MigrationSta
                 state: state_of(record.as_ref(), m.checksum),
                 checksum: Some(m.checksum.to_string()),
                 record,
+                to_adopt,
             }
         })
         .collect();
@@ -138,8 +174,14 @@ pub fn plan(migrations: &[Registered], records: Vec<Record>) -> Vec<MigrationSta
         state: State::Unknown,
         checksum: None,
         record: Some(r),
+        to_adopt: Vec::new(),
     }));
     plan
+}
+
+/// The migrations whose records are to be adopted, with the names of those records.
+pub fn adoptions(plan: &[MigrationStatus]) -> impl Iterator<Item = &MigrationStatus> + '_ {
+    plan.iter().filter(|m| !m.to_adopt.is_empty())
 }
 
 /// Refuses to run over drift or an unfinished rollback, and over an interrupted migration
@@ -237,6 +279,48 @@ pub fn rollback_target(plan: Vec<MigrationStatus>) -> Option<MigrationStatus> {
     plan.into_iter()
         .filter(|m| m.state.is_touched())
         .max_by_key(|m| m.number)
+}
+
+/// What `rollback` reverts, newest first: without `to`, the last migration touched; with
+/// `to`, every migration numbered above it that is applied or applied part-way.
+pub fn rollback_targets(plan: Vec<MigrationStatus>, to: Option<u32>) -> Vec<MigrationStatus> {
+    match to {
+        None => rollback_target(plan).into_iter().collect(),
+        Some(to) => {
+            let mut targets: Vec<MigrationStatus> = plan
+                .into_iter()
+                .filter(|m| m.state.is_touched() && m.number > to)
+                .collect();
+            targets.sort_by_key(|m| std::cmp::Reverse(m.number));
+            targets
+        }
+    }
+}
+
+/// What `baseline --to` marks applied: every migration up to `to` that is not applied yet.
+/// Refused, with nothing marked, when one of them is interrupted or its rollback is, since
+/// its partial writes would then be recorded as a whole migration.
+pub fn baseline_targets(plan: &[MigrationStatus], to: u32) -> Result<Vec<&MigrationStatus>> {
+    if let Some(m) = plan
+        .iter()
+        .find(|m| matches!(m.state, State::UnknownStatus | State::Malformed))
+    {
+        return Err(unreadable_record(m));
+    }
+    let mut targets = Vec::new();
+    for m in plan.iter().filter(|m| m.number != 0 && m.number <= to) {
+        match m.state {
+            State::Running | State::RollingBack => {
+                return Err(Error::Refused(format!(
+                    "migration {} is {} part-way; finish it (`migrate up --resume`) or undo it (`migrate rollback`) before a baseline; nothing was marked",
+                    m.name, m.state
+                )))
+            }
+            State::Pending | State::Failed | State::RolledBack => targets.push(m),
+            _ => {}
+        }
+    }
+    Ok(targets)
 }
 
 /// Whether before-images of `name` belong to a migration that is applied or partly applied

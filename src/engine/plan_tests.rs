@@ -190,3 +190,112 @@ fn before_images_belong_to_touched_migrations_only() {
     assert!(!owns_before_images(&touched, "002_b"));
     assert!(!owns_before_images(&touched, "009_elsewhere"));
 }
+
+fn unchecked(name: &str, status: &str) -> Record {
+    Record {
+        checksum: String::new(),
+        ..record(name, status)
+    }
+}
+
+#[test]
+fn javascript_runner_records_are_matched_by_name_with_or_without_js() {
+    let planned = plan(
+        &three(),
+        vec![
+            unchecked("001_a.js", "completed"),
+            unchecked("002_b", "completed"),
+            unchecked("003_c.js", "failed"),
+        ],
+    );
+    assert_eq!(
+        states(&planned),
+        [
+            ("001_a", State::Adopted),
+            ("002_b", State::Adopted),
+            ("003_c", State::Failed)
+        ]
+    );
+    let to_adopt: Vec<(&str, Vec<String>)> = adoptions(&planned)
+        .map(|m| (m.name.as_str(), m.to_adopt.clone()))
+        .collect();
+    assert_eq!(
+        to_adopt,
+        [
+            ("001_a", vec!["001_a.js".to_string()]),
+            ("002_b", vec!["002_b".to_string()]),
+            ("003_c", vec!["003_c.js".to_string()]),
+        ]
+    );
+    // Adopted ones are applied: `up` runs only the failed one, and nothing is drift.
+    let options = RunOptions::default();
+    let pending: Vec<&str> = pending(&planned, &options)
+        .map(|m| m.name.as_str())
+        .collect();
+    assert_eq!(pending, ["003_c"]);
+    assert!(check_runnable(&three(), &planned, &options).is_ok());
+}
+
+#[test]
+fn a_recorded_checksum_that_differs_is_drift_and_a_missing_one_is_not() {
+    let mut differs = record("001_a", "completed");
+    differs.checksum = "other".into();
+    let planned = plan(&three(), vec![differs, unchecked("002_b", "completed")]);
+    assert_eq!(planned[0].state, State::Changed);
+    assert_eq!(planned[1].state, State::Adopted);
+    assert!(planned[0].to_adopt.is_empty());
+}
+
+#[test]
+fn a_plain_record_wins_over_a_js_one_which_is_merged() {
+    let planned = plan(
+        &three(),
+        vec![
+            record("001_a", "completed"),
+            unchecked("001_a.js", "failed"),
+        ],
+    );
+    assert_eq!(planned[0].state, State::Completed);
+    assert_eq!(planned[0].to_adopt, ["001_a.js"]);
+    assert!(planned.iter().all(|m| m.state != State::Unknown));
+}
+
+#[test]
+fn rollback_to_takes_every_touched_migration_above_newest_first() {
+    let records = vec![
+        record("001_a", "completed"),
+        record("002_b", "rolled_back"),
+        record("003_c", "failed"),
+    ];
+    let names = |to| -> Vec<String> {
+        rollback_targets(plan(&three(), records.clone()), to)
+            .into_iter()
+            .map(|m| m.name)
+            .collect()
+    };
+    assert_eq!(names(Some(0)), ["003_c", "001_a"]);
+    assert_eq!(names(Some(1)), ["003_c"]);
+    assert_eq!(names(Some(3)), Vec::<String>::new());
+    assert_eq!(names(None), ["003_c"]);
+}
+
+#[test]
+fn baseline_marks_what_is_not_applied_and_refuses_interrupted_ones() {
+    let planned = plan(
+        &three(),
+        vec![record("001_a", "completed"), record("002_b", "rolled_back")],
+    );
+    let marked: Vec<&str> = baseline_targets(&planned, 3)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert_eq!(marked, ["002_b", "003_c"]);
+    let interrupted = plan(&three(), vec![record("002_b", "running")]);
+    let err = baseline_targets(&interrupted, 3).unwrap_err().to_string();
+    assert!(
+        err.contains("002_b") && err.contains("nothing was marked"),
+        "{err}"
+    );
+    assert!(baseline_targets(&interrupted, 1).is_ok());
+}

@@ -201,6 +201,15 @@ pub struct Record {
     /// Resume point of an interrupted backfill.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<Document>,
+    /// When the record was adopted from the JavaScript runner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted_at: Option<DateTime>,
+    /// The name the JavaScript runner recorded it under, when that was another (`.js`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adopted_from: Option<String>,
+    /// When `migrate baseline` marked it applied without running it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baselined_at: Option<DateTime>,
     /// Every `up` and `down`, oldest first.
     #[serde(default)]
     pub history: Vec<Document>,

@@ -17,6 +17,9 @@ use mongodb::Database;
 use std::time::Duration;
 use tracing::{error, info, warn};
 
+/// Adoption of the JavaScript runner's records, `baseline`, and the rollback preview.
+mod admin;
+
 /// What one migration did in a run.
 #[derive(Debug, Clone)]
 pub struct Applied {
@@ -35,6 +38,21 @@ pub struct RunReport {
     pub applied: Vec<Applied>,
     /// True when nothing was written.
     pub dry_run: bool,
+    /// Migrations whose JavaScript-runner records were adopted (or, in a dry run, would be).
+    pub adopted: Vec<String>,
+}
+
+/// What `rollback --dry-run` reports for one migration it would revert.
+#[derive(Debug, Clone)]
+pub struct RollbackPreview {
+    /// The migration and its state.
+    pub status: MigrationStatus,
+    /// It failed or was interrupted: only its partial writes would be undone.
+    pub partial: bool,
+    /// Whether it has a `down` (a rollback is refused otherwise).
+    pub reversible: bool,
+    /// Its before-images: documents they would restore, and in how many chunks.
+    pub images: crate::engine::backfill::ImagesSummary,
 }
 
 /// Runs migrations against one database.
@@ -117,26 +135,35 @@ impl MigrationRunner {
 
     /// Runs every pending migration in number order; the first failure stops the run.
     pub async fn run_pending(&self) -> Result<RunReport> {
+        let mut report = RunReport::default();
+        self.run_pending_into(&mut report).await?;
+        Ok(report)
+    }
+
+    /// [`Self::run_pending`], filling `report` as it goes, so a caller still has what was
+    /// applied before a failure.
+    pub async fn run_pending_into(&self, report: &mut RunReport) -> Result<()> {
         if self.options.dry_run {
-            return self.dry_run().await;
+            return self.dry_run(report).await;
         }
         self.store.ensure_indexes().await?;
         let lock = self.lock("up").await?;
         self.store.fence(lock.token());
-        let result = self.run_locked().await;
+        let result = self.run_locked(report).await;
         self.store.unfence();
         release(lock).await;
         result
     }
 
-    async fn run_locked(&self) -> Result<RunReport> {
+    async fn run_locked(&self, report: &mut RunReport) -> Result<()> {
         let plan = self.plan().await?;
         plan::check_runnable(&self.migrations, &plan, &self.options)?;
-        let mut report = RunReport::default();
+        let (plan, adopted) = self.adopt(plan).await?;
+        report.adopted = adopted;
         let pending: Vec<_> = plan::pending(&plan, &self.options).collect();
         if pending.is_empty() {
             info!("nothing to migrate: every migration is applied");
-            return Ok(report);
+            return Ok(());
         }
         info!(count = pending.len(), "migrating up");
         for entry in pending {
@@ -154,17 +181,15 @@ impl MigrationRunner {
                 .await?;
             report.applied.push(applied);
         }
-        Ok(report)
+        Ok(())
     }
 
     /// Scans and transforms every pending migration without writing anything, not even the lock.
-    async fn dry_run(&self) -> Result<RunReport> {
+    async fn dry_run(&self, report: &mut RunReport) -> Result<()> {
         let plan = self.plan().await?;
         plan::check_runnable(&self.migrations, &plan, &self.options)?;
-        let mut report = RunReport {
-            dry_run: true,
-            ..Default::default()
-        };
+        report.dry_run = true;
+        report.adopted = plan::adoptions(&plan).map(|m| m.name.clone()).collect();
         for entry in plan::pending(&plan, &self.options) {
             let registered = self.registered(&entry.name);
             let checkpoint = plan::resume_point(entry, &self.options);
@@ -180,15 +205,25 @@ impl MigrationRunner {
                 duration: clock.elapsed(),
             });
         }
-        Ok(report)
+        Ok(())
     }
 
-    /// Runs `down` of the last completed migration (confirmation is the caller's job).
+    /// Runs `down` of the last migration touched (confirmation is the caller's job).
     pub async fn rollback_last(&self) -> Result<Applied> {
+        let mut applied = self.rollback_to(None).await?;
+        applied
+            .pop()
+            .ok_or_else(|| Error::Refused("nothing to roll back: no migration is completed".into()))
+    }
+
+    /// Reverts, newest first, what [`plan::rollback_targets`] names: the last migration touched
+    /// (`to` = None), or every one numbered above `to`. Every target must have a `down`, or
+    /// nothing is reverted; the first failure stops the rest.
+    pub async fn rollback_to(&self, to: Option<u32>) -> Result<Vec<Applied>> {
         self.store.ensure_indexes().await?;
         let lock = self.lock("rollback").await?;
         self.store.fence(lock.token());
-        let result = self.rollback_locked().await;
+        let result = self.rollback_locked(to).await;
         self.store.unfence();
         release(lock).await;
         result
@@ -197,6 +232,11 @@ impl MigrationRunner {
     /// The migration `rollback_last` would revert, if any (see [`plan::rollback_target`]).
     pub async fn rollback_target(&self) -> Result<Option<MigrationStatus>> {
         Ok(plan::rollback_target(self.plan().await?))
+    }
+
+    /// What `rollback_to(to)` would revert, newest first.
+    pub async fn rollback_targets(&self, to: Option<u32>) -> Result<Vec<MigrationStatus>> {
+        Ok(plan::rollback_targets(self.plan().await?, to))
     }
 
     /// Migrations that left before-images behind although they are neither applied nor partly
@@ -228,32 +268,57 @@ impl MigrationRunner {
         Ok(orphaned)
     }
 
-    async fn rollback_locked(&self) -> Result<Applied> {
-        let target = self.rollback_target().await?.ok_or_else(|| {
-            Error::Refused("nothing to roll back: no migration is completed".into())
-        })?;
-        if target.state == State::Changed && !self.options.allow_drift {
-            return Err(Error::Drift { names: target.name });
+    async fn rollback_locked(&self, to: Option<u32>) -> Result<Vec<Applied>> {
+        let (plan, _) = self.adopt(self.plan().await?).await?;
+        let targets = plan::rollback_targets(plan, to);
+        if targets.is_empty() {
+            return Err(Error::Refused(match to {
+                None => "nothing to roll back: no migration is completed".into(),
+                Some(to) => format!("nothing to roll back: no migration above {to:03} is applied"),
+            }));
         }
-        let registered = self.registered(&target.name);
-        if !registered.migration.reversible() {
+        // Everything is checked before anything is reverted, so a refusal changes nothing.
+        let drifted: Vec<&str> = targets
+            .iter()
+            .filter(|t| t.state == State::Changed)
+            .map(|t| t.name.as_str())
+            .collect();
+        if !drifted.is_empty() && !self.options.allow_drift {
+            return Err(Error::Drift {
+                names: drifted.join(", "),
+            });
+        }
+        if let Some(t) = targets
+            .iter()
+            .find(|t| !self.registered(&t.name).migration.reversible())
+        {
             return Err(Error::Refused(format!(
                 "migration {} has no down, so it cannot be rolled back; nothing was changed",
-                registered.name
+                t.name
             )));
         }
-        let partial = matches!(target.state, State::Failed | State::Running);
-        if partial {
-            info!(
-                migration = registered.name,
-                state = %target.state,
-                "undoing the partial writes of a migration that did not complete"
+        let mut applied = Vec::new();
+        for target in targets {
+            if self.stop.is_stopped() {
+                return Err(self.stop.error());
+            }
+            let registered = self.registered(&target.name);
+            let partial = matches!(target.state, State::Failed | State::Running);
+            if partial {
+                info!(
+                    migration = registered.name,
+                    state = %target.state,
+                    "undoing the partial writes of a migration that did not complete"
+                );
+            }
+            let mut ctx = self.context(registered.name, None);
+            ctx.applied_result = target.record.as_ref().and_then(|r| r.result.clone());
+            applied.push(
+                self.execute(registered, Direction::Down { partial }, ctx)
+                    .await?,
             );
         }
-        let mut ctx = self.context(registered.name, None);
-        ctx.applied_result = target.record.as_ref().and_then(|r| r.result.clone());
-        self.execute(registered, Direction::Down { partial }, ctx)
-            .await
+        Ok(applied)
     }
 
     /// One `up` or `down`: records its start, calls it, and records how it ended (completed,

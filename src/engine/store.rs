@@ -176,7 +176,9 @@ impl Store {
                 "pid": self.actor.pid as i64,
                 "user": &self.actor.user,
             },
-            "$unset": { "error": "", "finishedAt": "", "durationMs": "" },
+            // An earlier adoption or baseline no longer describes what this run applies (the
+            // history keeps them).
+            "$unset": { "error": "", "finishedAt": "", "durationMs": "", "adoptedAt": "", "baselinedAt": "" },
         };
         if !keep_checkpoint {
             update
@@ -262,6 +264,126 @@ impl Store {
             format!("updating the record of {name}"),
         )
         .await
+    }
+    /// A history entry of an administrative action on `name`'s record (adoption, baseline,
+    /// control), saying who did it and when.
+    fn admin_entry(&self, action: &str, status: &str) -> Document {
+        doc! {
+            "action": action,
+            "status": status,
+            "at": DateTime::now(),
+            "host": &self.actor.host,
+            "pid": self.actor.pid as i64,
+            "user": &self.actor.user,
+        }
+    }
+
+    /// Adopts the records the JavaScript runner wrote for migration `name` (`from`: a record
+    /// named `name.js`, and/or `name` itself when it is `completed` without a checksum).
+    ///
+    /// A `.js` record is renamed to `name`, or, when `name` has a record of its own, kept whole
+    /// in that record's history and removed. A `completed` record gains `checksum` (today's) and
+    /// `adoptedAt`, so drift is detected from now on. Every adoption appends a history entry.
+    pub async fn adopt(&self, name: &str, checksum: &str, from: &[String]) -> Result<()> {
+        let what = || format!("adopting the record of {name}");
+        for legacy in from.iter().filter(|f| f.as_str() != name) {
+            let own = self
+                .coll
+                .find_one(doc! { "name": name })
+                .await
+                .map_err(Error::db(what()))?;
+            if own.is_some() {
+                let Some(mut old) = self
+                    .coll
+                    .find_one(doc! { "name": legacy })
+                    .await
+                    .map_err(Error::db(what()))?
+                else {
+                    continue;
+                };
+                old.remove("_id");
+                let mut entry = self.admin_entry("adopt", "merged");
+                entry.insert("from", legacy);
+                entry.insert("record", old);
+                self.update_record(
+                    name,
+                    doc! { "$push": { "history": entry }, "$set": {} },
+                    false,
+                    true,
+                    what(),
+                )
+                .await?;
+                self.coll
+                    .delete_one(doc! { "name": legacy })
+                    .await
+                    .map_err(Error::db(what()))?;
+            } else {
+                self.coll
+                    .update_one(
+                        doc! { "name": legacy },
+                        doc! { "$set": { "name": name, "adoptedFrom": legacy } },
+                    )
+                    .await
+                    .map_err(Error::db(what()))?;
+            }
+        }
+        let Some(record) = self
+            .coll
+            .find_one(doc! { "name": name })
+            .await
+            .map_err(Error::db(what()))?
+        else {
+            return Ok(());
+        };
+        let status = record.get_str("status").unwrap_or("").to_string();
+        let unclaimed = status == RecordStatus::Completed.as_str()
+            && record.get_str("checksum").unwrap_or("").is_empty();
+        let mut entry = self.admin_entry("adopt", &status);
+        entry.insert(
+            "from",
+            record.get_str("adoptedFrom").unwrap_or(name).to_string(),
+        );
+        let mut set = doc! { "adoptedAt": DateTime::now() };
+        if unclaimed {
+            set.insert("checksum", checksum);
+            entry.insert("checksum", checksum);
+        }
+        self.update_record(
+            name,
+            doc! { "$set": set, "$push": { "history": entry } },
+            false,
+            true,
+            what(),
+        )
+        .await
+    }
+
+    /// Records `name` as applied without running it (`migrate baseline`): the database was
+    /// brought to its state by other means.
+    pub async fn baseline(&self, name: &str, checksum: &str, upto: u32) -> Result<()> {
+        let now = DateTime::now();
+        let mut entry = self.admin_entry("baseline", RecordStatus::Completed.as_str());
+        entry.insert("checksum", checksum);
+        entry.insert(
+            "note",
+            format!("marked applied without running it (migrate baseline --to {upto:03})"),
+        );
+        let update = doc! {
+            "$set": {
+                "status": RecordStatus::Completed,
+                "executedAt": now,
+                "baselinedAt": now,
+                "checksum": checksum,
+                "result": { "baseline": true },
+                "host": &self.actor.host,
+                "pid": self.actor.pid as i64,
+                "user": &self.actor.user,
+            },
+            "$unset": { "error": "", "checkpoint": "", "startedAt": "", "finishedAt": "", "durationMs": "" },
+            "$push": { "history": entry },
+        };
+        self.update_record(name, update, true, true, format!("baselining {name}"))
+            .await
     }
 }
 

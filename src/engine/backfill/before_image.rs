@@ -44,6 +44,48 @@ impl RestoreReport {
     }
 }
 
+/// What the before-images of one migration hold: what a rollback of it would restore.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImagesSummary {
+    /// Chunks saved.
+    pub chunks: u64,
+    /// Distinct documents they hold an image of.
+    pub documents: u64,
+}
+
+/// Counts the before-images of `migration`, reading only.
+pub async fn images_summary(db: &Database, migration: &str) -> Result<ImagesSummary> {
+    let chunks = db.collection::<Document>(BEFORE_IMAGES);
+    let what = || format!("reading the before-images of {migration}");
+    let count = chunks
+        .count_documents(doc! { "migration": migration })
+        .await
+        .map_err(crate::engine::error::Error::db(what()))?;
+    if count == 0 {
+        return Ok(ImagesSummary::default());
+    }
+    let pipeline = vec![
+        doc! { "$match": { "migration": migration } },
+        doc! { "$unwind": "$entries" },
+        doc! { "$group": { "_id": { "c": "$collection", "id": "$entries._id" } } },
+        doc! { "$count": "documents" },
+    ];
+    let counted: Vec<Document> = chunks
+        .aggregate(pipeline)
+        .await
+        .map_err(crate::engine::error::Error::db(what()))?
+        .try_collect()
+        .await
+        .map_err(crate::engine::error::Error::db(what()))?;
+    Ok(ImagesSummary {
+        chunks: count,
+        documents: counted
+            .first()
+            .map(|d| super::int(d, "documents"))
+            .unwrap_or(0),
+    })
+}
+
 /// Newest chunk first. `createdAt` is the server's clock (see [`chunk_time`]), so chunks saved by
 /// a killed run and by the run that resumed it order right even within one second, where
 /// ObjectIds of two processes do not; `_id` breaks ties within a process.

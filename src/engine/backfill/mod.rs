@@ -24,7 +24,7 @@ mod spec;
 mod throttle;
 mod write;
 
-pub use before_image::{restore, RestoreReport, BEFORE_IMAGES};
+pub use before_image::{images_summary, restore, ImagesSummary, RestoreReport, BEFORE_IMAGES};
 pub use catch_up::CatchUpMode;
 pub use checkpoint::{int, CatchUpStats, Stats, INVALID_SAMPLES};
 pub use pipeline::{remaining, run, sample_ids};

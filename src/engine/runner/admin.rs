@@ -1,0 +1,99 @@
+//! The runner's administrative work on the tracking records: adopting what the JavaScript
+//! runner recorded, marking migrations applied without running them (`baseline`), and saying
+//! what a rollback would do without doing it.
+
+use super::{release, MigrationRunner, MigrationStatus, RollbackPreview, State};
+use crate::engine::error::{Error, Result};
+use crate::engine::plan;
+use tracing::info;
+
+impl MigrationRunner {
+    /// Adopts every record the JavaScript runner left (see [`plan::adoptions`]), then plans
+    /// again. Returns the new plan and the names adopted.
+    pub(super) async fn adopt(
+        &self,
+        plan: Vec<MigrationStatus>,
+    ) -> Result<(Vec<MigrationStatus>, Vec<String>)> {
+        let mut adopted = Vec::new();
+        for m in plan::adoptions(&plan) {
+            let registered = self.registered(&m.name);
+            self.store
+                .adopt(registered.name, registered.checksum, &m.to_adopt)
+                .await?;
+            info!(
+                migration = registered.name,
+                records = %m.to_adopt.join(", "),
+                "adopted the JavaScript runner's record"
+            );
+            adopted.push(m.name.clone());
+        }
+        if adopted.is_empty() {
+            return Ok((plan, adopted));
+        }
+        Ok((self.plan().await?, adopted))
+    }
+
+    /// What `rollback_to(to)` would do, read without writing anything (not even the lock).
+    pub async fn rollback_preview(&self, to: Option<u32>) -> Result<Vec<RollbackPreview>> {
+        let mut previews = Vec::new();
+        for status in self.rollback_targets(to).await? {
+            let images = crate::engine::backfill::images_summary(&self.db, &status.name).await?;
+            let reversible = self
+                .migrations
+                .iter()
+                .find(|m| m.name == status.name)
+                .is_some_and(|m| m.migration.reversible());
+            previews.push(RollbackPreview {
+                partial: matches!(status.state, State::Failed | State::Running),
+                reversible,
+                images,
+                status,
+            });
+        }
+        Ok(previews)
+    }
+
+    /// Marks every migration up to `to` that is not applied as applied, without running it,
+    /// for a database brought to that state by other means (`migrate baseline`). In a dry run,
+    /// only says which. Returns their names.
+    pub async fn baseline(&self, to: u32) -> Result<Vec<String>> {
+        if !self.migrations.iter().any(|m| m.number == to) {
+            return Err(Error::Config(format!(
+                "--to {to:03}: no migration has that number (see `migrate status`)"
+            )));
+        }
+        if self.options.dry_run {
+            let plan = self.plan().await?;
+            return Ok(plan::baseline_targets(&plan, to)?
+                .into_iter()
+                .map(|m| m.name.clone())
+                .collect());
+        }
+        self.store.ensure_indexes().await?;
+        let lock = self.lock("baseline").await?;
+        self.store.fence(lock.token());
+        let result = self.baseline_locked(to).await;
+        self.store.unfence();
+        release(lock).await;
+        result
+    }
+
+    async fn baseline_locked(&self, to: u32) -> Result<Vec<String>> {
+        let plan = self.plan().await?;
+        plan::baseline_targets(&plan, to)?;
+        let (plan, _) = self.adopt(plan).await?;
+        let mut marked = Vec::new();
+        for m in plan::baseline_targets(&plan, to)? {
+            let registered = self.registered(&m.name);
+            self.store
+                .baseline(registered.name, registered.checksum, to)
+                .await?;
+            info!(
+                migration = registered.name,
+                "marked applied without running it (baseline)"
+            );
+            marked.push(m.name.clone());
+        }
+        Ok(marked)
+    }
+}

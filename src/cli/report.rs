@@ -119,6 +119,14 @@ pub(super) fn print_rollback_preview(previews: &[RollbackPreview], to: Option<u3
                 .unwrap_or_default();
             format!("runs its down{recorded}")
         };
+        // The JavaScript runner kept no before-images and no list of what it created.
+        let adopted =
+            m.state == State::Adopted || m.record.as_ref().is_some_and(|r| r.adopted_at.is_some());
+        let how = if adopted {
+            format!("{how}; it was applied by the JavaScript runner, which kept no before-images, so only what its down finds without them is reverted")
+        } else {
+            how
+        };
         let what = if p.partial {
             "would undo the partial writes of"
         } else {

@@ -55,6 +55,9 @@ pub(super) enum Command {
     Rollback(RollbackArgs),
     /// Load realistic LMS sample data (users and withdrawals) into the database
     SampleData(SampleArgs),
+    /// Write the next migration and its tests from templates, then say what to edit
+    #[command(long_about = super::new::LONG_HELP)]
+    New(super::new::NewArgs),
 }
 
 #[derive(Debug, Args)]

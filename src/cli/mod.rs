@@ -7,6 +7,7 @@ mod commands;
 pub mod config;
 pub mod exit_codes;
 pub mod logging;
+mod new;
 pub mod progress;
 /// Redaction lives in the engine (records are written with it too); re-exported for the CLI.
 pub use crate::engine::redact;
@@ -42,6 +43,16 @@ pub fn main() -> i32 {
             return exit::SUCCESS;
         }
     };
+    // `new` writes files in the repository: no database, no settings, no log file.
+    if let Command::New(args) = &cli.command {
+        return match new::run(args) {
+            Ok(_) => exit::SUCCESS,
+            Err(e) => {
+                print_err(format!("error: {e}\n"));
+                e.exit_code()
+            }
+        };
+    }
     let settings = match settings_and_logging(&cli, &matches) {
         Ok(settings) => settings,
         Err(e) => {
@@ -122,6 +133,7 @@ async fn run(cli: Cli, settings: Settings) -> Result<()> {
         Command::Up(args) => commands::up(db, &config, args).await,
         Command::Rollback(args) => commands::rollback(db, args).await,
         Command::SampleData(args) => commands::sample_data(db, args).await,
+        Command::New(_) => unreachable!("`new` returns before connecting"),
     };
     // Shut the driver down while the runtime still runs: left to the runtime's teardown, its
     // background tasks can panic on channels already closed.

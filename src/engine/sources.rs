@@ -99,7 +99,7 @@ pub fn check_snake_case(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{name:?}: the name after the number must be snake_case (a-z, 0-9, single _, starting with a letter)"
+            "{name:?} is not snake_case (a-z, 0-9, single _, starting with a letter), e.g. backfill_display_names"
         ))
     }
 }

@@ -8,11 +8,15 @@
 //! ```
 //!
 //! See [`Backfill`] for how a migration describes its work and [`run`] for the driver loop.
+//! [`FieldBackfill`] (missing fields set on the server) and [`PerDocument`] (a Rust transform
+//! per document) are the common cases written once: each is a whole [`crate::Migration`].
 
 mod before_image;
 mod catch_up;
 mod checkpoint;
+mod field;
 mod owned;
+mod per_document;
 mod pipeline;
 mod progress;
 mod readback;
@@ -27,6 +31,8 @@ mod write;
 pub use before_image::{restore, RestoreReport, BEFORE_IMAGES};
 pub use catch_up::CatchUpMode;
 pub use checkpoint::{int, CatchUpStats, Stats, INVALID_SAMPLES};
+pub use field::FieldBackfill;
+pub use per_document::PerDocument;
 pub use pipeline::{remaining, run, sample_ids};
 pub use progress::{ProgressShown, ProgressView, PROGRESS_TARGET};
 pub use spec::{

@@ -32,6 +32,14 @@ pub fn main() -> i32 {
         .try_get_matches()
         .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
     let (cli, matches) = match parsed {
+        // `new` writes files in the repository: no database, settings or log file.
+        Ok((
+            Cli {
+                command: Command::New(args),
+                ..
+            },
+            _,
+        )) => return new::main(&args),
         Ok(parsed) => parsed,
         Err(e) if e.use_stderr() => {
             // Clap's message may quote any argument, `--uri` included.
@@ -43,16 +51,6 @@ pub fn main() -> i32 {
             return exit::SUCCESS;
         }
     };
-    // `new` writes files in the repository: no database, no settings, no log file.
-    if let Command::New(args) = &cli.command {
-        return match new::run(args) {
-            Ok(_) => exit::SUCCESS,
-            Err(e) => {
-                print_err(format!("error: {e}\n"));
-                e.exit_code()
-            }
-        };
-    }
     let settings = match settings_and_logging(&cli, &matches) {
         Ok(settings) => settings,
         Err(e) => {
@@ -129,11 +127,11 @@ async fn run(cli: Cli, settings: Settings) -> Result<()> {
     let (client, db) = config.connect().await?;
     tracing::debug!(uri = %config.redacted_uri(), database = %config.database, "connected");
     let result = match cli.command {
+        Command::New(_) => unreachable!("`new` returns before connecting"),
         Command::Status { json } => commands::status(db, json).await,
         Command::Up(args) => commands::up(db, &config, args).await,
         Command::Rollback(args) => commands::rollback(db, args).await,
         Command::SampleData(args) => commands::sample_data(db, args).await,
-        Command::New(_) => unreachable!("`new` returns before connecting"),
     };
     // Shut the driver down while the runtime still runs: left to the runtime's teardown, its
     // background tasks can panic on channels already closed.

@@ -46,8 +46,20 @@ pub(crate) struct NewArgs {
 const MIGRATION: &str = include_str!("templates/migration.rs.tmpl");
 const TEST: &str = include_str!("templates/test.rs.tmpl");
 
+/// `migrate new`: the exit code.
+pub(super) fn main(args: &NewArgs) -> i32 {
+    use super::exit_codes::{exit, ProcessExitCode};
+    match run(args) {
+        Ok(_) => exit::SUCCESS,
+        Err(e) => {
+            super::logging::print_err(format!("error: {e}\n"));
+            e.exit_code()
+        }
+    }
+}
+
 /// `migrate new`: the paths written, after printing them and the next steps.
-pub(super) fn run(args: &NewArgs) -> Result<(PathBuf, PathBuf)> {
+fn run(args: &NewArgs) -> Result<(PathBuf, PathBuf)> {
     let migrations = args.dir.join("migrations");
     let tests = args.dir.join("tests").join("migrations");
     if !migrations.is_dir() {

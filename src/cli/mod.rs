@@ -127,9 +127,9 @@ async fn run(cli: Cli, settings: Settings) -> Result<()> {
     let (client, db) = config.connect().await?;
     tracing::debug!(uri = %config.redacted_uri(), database = %config.database, "connected");
     let result = match cli.command {
-        Command::New(_) => unreachable!("`new` returns before connecting"),
         Command::Status { json } => commands::status(db, json).await,
         Command::Up(args) => commands::up(db, &config, args).await,
+        Command::New(_) => unreachable!("`new` returns before connecting"),
         Command::Rollback(args) => commands::rollback(db, args).await,
         Command::SampleData(args) => commands::sample_data(db, args).await,
     };

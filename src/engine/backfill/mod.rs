@@ -11,10 +11,10 @@
 //! [`FieldBackfill`] (missing fields set on the server) and [`PerDocument`] (a Rust transform
 //! per document) are the common cases written once: each is a whole [`crate::Migration`].
 
+mod add_fields;
 mod before_image;
 mod catch_up;
 mod checkpoint;
-mod field;
 mod owned;
 mod per_document;
 mod pipeline;
@@ -28,10 +28,10 @@ mod spec;
 mod throttle;
 mod write;
 
+pub use add_fields::FieldBackfill;
 pub use before_image::{restore, RestoreReport, BEFORE_IMAGES};
 pub use catch_up::CatchUpMode;
 pub use checkpoint::{int, CatchUpStats, Stats, INVALID_SAMPLES};
-pub use field::FieldBackfill;
 pub use per_document::PerDocument;
 pub use pipeline::{remaining, run, sample_ids};
 pub use progress::{ProgressShown, ProgressView, PROGRESS_TARGET};

@@ -28,14 +28,16 @@ mod spec;
 mod throttle;
 mod write;
 
-pub use add_fields::FieldBackfill;
 pub use before_image::{restore, RestoreReport, BEFORE_IMAGES};
 pub use catch_up::CatchUpMode;
 pub use checkpoint::{int, CatchUpStats, Stats, INVALID_SAMPLES};
-pub use per_document::PerDocument;
 pub use pipeline::{remaining, run, sample_ids};
 pub use progress::{ProgressShown, ProgressView, PROGRESS_TARGET};
 pub use spec::{
     Backfill, CatchUp, Change, DocTransform, FastPath, ServerUpdate, ServerUpdateKind, Transform,
 };
 pub use write::and;
+
+// The common migrations, each written once on the pipeline.
+pub use add_fields::FieldBackfill;
+pub use per_document::PerDocument;

@@ -27,6 +27,9 @@
 //! # Ok(()) }
 //! ```
 
+// `embed_migrations!` expands to `::mongo_migrate::...` paths, which this lets work in here too.
+extern crate self as mongo_migrate;
+
 pub mod cli;
 pub mod engine;
 pub mod lms;
@@ -41,3 +44,19 @@ pub use error::{Error, Result};
 pub use migration::{Context, Migration, Outcome, RunOptions, Stop, StopReason};
 pub use registry::Registered;
 pub use runner::{MigrationRunner, MigrationStatus, RunReport, State};
+
+/// An application's own migrations, compiled in from a directory: `dir/NNN_snake_name.rs`
+/// files (relative to the calling crate's `Cargo.toml`), each exposing
+/// `pub fn migration() -> impl Migration`, as a `Vec<Registered>` for
+/// [`MigrationRunner::with_migrations`]. Checksums (SHA-256, CRLF read as LF) and `down`
+/// detection are exactly those `build.rs` gives this crate's own `migrations/`; a malformed name
+/// or a shared number is a compile error.
+///
+/// ```ignore
+/// let runner = MigrationRunner::with_migrations(db, mongo_migrate::embed_migrations!("migrations"));
+/// ```
+///
+/// An edit to a migration recompiles the crate; a new file needs a rebuild, so add
+/// `println!("cargo:rerun-if-changed=migrations");` to the application's `build.rs`. See
+/// `examples/app_startup.rs`.
+pub use mongo_migrate_macros::embed_migrations;

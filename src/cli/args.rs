@@ -65,6 +65,9 @@ pub(super) enum Command {
     },
     /// Load realistic LMS sample data (users and withdrawals) into the database
     SampleData(SampleArgs),
+    /// Write the next migration and its tests from templates, then say what to edit
+    #[command(long_about = super::new::LONG_HELP)]
+    New(super::new::NewArgs),
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@ mod commands;
 pub mod config;
 pub mod exit_codes;
 pub mod logging;
+mod new;
 pub mod progress;
 /// Redaction lives in the engine (records are written with it too); re-exported for the CLI.
 pub use crate::engine::redact;
@@ -31,6 +32,14 @@ pub fn main() -> i32 {
         .try_get_matches()
         .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
     let (cli, matches) = match parsed {
+        // `new` writes files in the repository: no database, settings or log file.
+        Ok((
+            Cli {
+                command: Command::New(args),
+                ..
+            },
+            _,
+        )) => return new::main(&args),
         Ok(parsed) => parsed,
         Err(e) if e.use_stderr() => {
             // Clap's message may quote any argument, `--uri` included.
@@ -133,6 +142,7 @@ async fn run(cli: Cli, settings: Settings) -> Result<()> {
     let result = match cli.command {
         Command::Status { json } => commands::status(db, json).await,
         Command::Up(args) => commands::up(db, &config, args).await,
+        Command::New(_) => unreachable!("`new` returns before connecting"),
         Command::Rollback(args) => commands::rollback(db, args).await,
         Command::Baseline(args) => commands::baseline(db, args).await,
         Command::Completions { .. } => unreachable!("answered before connecting"),

@@ -20,6 +20,10 @@ pub trait Migration: Send + Sync {
     async fn up(&self, ctx: &Context) -> Result<Outcome>;
 
     /// Whether [`Migration::down`] exists; rollback is refused otherwise.
+    ///
+    /// No need to override it: a migration whose source file defines `fn down` is registered as
+    /// reversible (see [`crate::registry::with_down`]), and the builders that write a `down`
+    /// themselves ([`crate::backfill::FieldBackfill`], [`crate::backfill::PerDocument`]) say so.
     fn reversible(&self) -> bool {
         false
     }

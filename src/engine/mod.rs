@@ -10,6 +10,8 @@
 //! - [`store`]: the `migrations` tracking collection; [`record`]: what it holds.
 //! - [`lock`]: the lease lock that keeps two runners apart.
 //! - [`backfill`]: the batch pipeline (scan, transform, write, checkpoint, catch-up, progress).
+//! - [`sources`]: migration file names, checksums and `down` detection (shared with `build.rs`
+//!   and `embed_migrations!`).
 //! - [`error`]: the one error type, each message saying what to do.
 
 pub mod backfill;
@@ -23,4 +25,5 @@ pub mod record;
 pub mod redact;
 pub mod registry;
 pub mod runner;
+pub mod sources;
 pub mod store;

@@ -1,7 +1,9 @@
 //! The compiled-in migrations, in number order, each with the SHA-256 of its source pinned at
 //! build time (`build.rs`), so drift is detected without the source files at run time.
 
-use crate::engine::migration::Migration;
+use crate::engine::error::Result;
+use crate::engine::migration::{Context, Migration, Outcome};
+use async_trait::async_trait;
 use std::sync::Arc;
 
 /// A migration with its identity.
@@ -24,6 +26,37 @@ impl std::fmt::Debug for Registered {
             .field("name", &self.name)
             .field("checksum", &self.checksum)
             .finish()
+    }
+}
+
+/// `migration`, reversible because its source defines `down`.
+///
+/// The registry (`build.rs`, [`embed_migrations!`](crate::embed_migrations)) wraps every
+/// migration whose source file defines `fn down` in this, so rollback runs that `down` even when
+/// the migration does not also override [`Migration::reversible`]: a `down` that exists is never
+/// reported missing.
+pub fn with_down(migration: impl Migration + 'static) -> Arc<dyn Migration> {
+    Arc::new(DefinesDown(migration))
+}
+
+struct DefinesDown<M>(M);
+
+#[async_trait]
+impl<M: Migration> Migration for DefinesDown<M> {
+    fn description(&self) -> &'static str {
+        self.0.description()
+    }
+    async fn up(&self, ctx: &Context) -> Result<Outcome> {
+        self.0.up(ctx).await
+    }
+    fn reversible(&self) -> bool {
+        true
+    }
+    async fn down(&self, ctx: &Context) -> Result<Outcome> {
+        self.0.down(ctx).await
+    }
+    async fn verify(&self, ctx: &Context) -> Result<()> {
+        self.0.verify(ctx).await
     }
 }
 

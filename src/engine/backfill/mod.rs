@@ -8,11 +8,15 @@
 //! ```
 //!
 //! See [`Backfill`] for how a migration describes its work and [`run`] for the driver loop.
+//! [`FieldBackfill`] (missing fields set on the server) and [`PerDocument`] (a Rust transform
+//! per document) are the common cases written once: each is a whole [`crate::Migration`].
 
+mod add_fields;
 mod before_image;
 mod catch_up;
 mod checkpoint;
 mod owned;
+mod per_document;
 mod pipeline;
 mod progress;
 mod readback;
@@ -33,3 +37,7 @@ pub use spec::{
     Backfill, CatchUp, Change, DocTransform, FastPath, ServerUpdate, ServerUpdateKind, Transform,
 };
 pub use write::and;
+
+// The common migrations, each written once on the pipeline.
+pub use add_fields::FieldBackfill;
+pub use per_document::PerDocument;

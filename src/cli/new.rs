@@ -1,0 +1,204 @@
+//! `migrate new NAME`: writes the next migration and its tests from templates that compile, run
+//! and pass as they are, then says what to edit. It needs no database.
+
+use crate::engine::error::{Error, Result};
+use crate::engine::sources;
+use clap::Args;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// `migrate new --help`.
+pub(super) const LONG_HELP: &str = "\
+Write the next migration and its tests from templates, then say what to edit.
+
+Writes migrations/NNN_NAME.rs and tests/migrations/NNN_NAME.rs under --dir (default: the current
+directory, the repository root), NNN being the next free number. Both work as they are: the
+migration is a server-side field backfill (FieldBackfill: up, down and a post-condition, run on
+the backfill pipeline, so it resumes, dry-runs, throttles and catches up like every backfill),
+and its tests run it against the test server. Edit the collection, the field, its value and the
+description, and the tests with them.
+
+The migration is compiled into `migrate` by the next `cargo build`; `cargo test NAME` runs its
+tests (no Cargo.toml entry needed). Needs no database and writes nothing else. Refuses a name
+that is not snake_case (exit 2), and a number or name already taken (exit 5).
+
+Example:
+  migrate new backfill_display_names
+  $EDITOR migrations/004_backfill_display_names.rs tests/migrations/004_backfill_display_names.rs
+  cargo test backfill_display_names
+  cargo build && migrate status && migrate up";
+
+/// The arguments of `migrate new`.
+#[derive(Debug, Args)]
+pub(crate) struct NewArgs {
+    /// The migration's name in snake_case (a-z, 0-9, single _, starting with a letter), e.g.
+    /// backfill_display_names
+    #[arg(value_parser = parse_name)]
+    pub(crate) name: String,
+    /// Take this number instead of the next free one (refused if a migration has it)
+    #[arg(long, value_name = "NNN", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) number: Option<u32>,
+    /// The repository root, holding migrations/ and tests/migrations/
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub(crate) dir: PathBuf,
+}
+
+const MIGRATION: &str = include_str!("templates/migration.rs.tmpl");
+const TEST: &str = include_str!("templates/test.rs.tmpl");
+
+/// `migrate new`: the exit code.
+pub(super) fn main(args: &NewArgs) -> i32 {
+    use super::exit_codes::{exit, ProcessExitCode};
+    match run(args) {
+        Ok(_) => exit::SUCCESS,
+        Err(e) => {
+            super::logging::print_err(format!("error: {e}\n"));
+            e.exit_code()
+        }
+    }
+}
+
+/// `migrate new`: the paths written, after printing them and the next steps.
+fn run(args: &NewArgs) -> Result<(PathBuf, PathBuf)> {
+    let migrations = args.dir.join("migrations");
+    let tests = args.dir.join("tests").join("migrations");
+    if !migrations.is_dir() {
+        return Err(Error::Config(format!(
+            "no migrations directory at {}: run `migrate new` from the repository root, or pass --dir",
+            migrations.display()
+        )));
+    }
+    let found = sources::scan(&migrations).map_err(|problems| {
+        Error::Config(format!(
+            "the migrations directory has problems to fix first:\n  {}",
+            problems.join("\n  ")
+        ))
+    })?;
+    if let Some(same) = found
+        .values()
+        .find(|m| m.name.split_once('_').map(|(_, n)| n) == Some(args.name.as_str()))
+    {
+        return Err(Error::Refused(format!(
+            "a migration named {} already exists ({}); choose another name",
+            args.name,
+            same.path.display()
+        )));
+    }
+    let number = match args.number {
+        Some(n) if found.contains_key(&n) => {
+            return Err(Error::Refused(format!(
+                "number {n:03} is taken by {}; omit --number to take the next free one ({:03})",
+                found[&n].name,
+                next_free(&found)
+            )))
+        }
+        Some(n) => n,
+        None => next_free(&found),
+    };
+    let numbered = format!("{number:03}_{}", args.name);
+    let migration_path = migrations.join(format!("{numbered}.rs"));
+    let test_path = tests.join(format!("{numbered}.rs"));
+    if test_path.exists() {
+        return Err(Error::Refused(format!(
+            "{} already exists; move it away or choose another name",
+            test_path.display()
+        )));
+    }
+    let render = |template: &str| {
+        template
+            .replace("__NUMBERED__", &numbered)
+            .replace("__NUMBER__", &number.to_string())
+            .replace("__NNN__", &format!("{number:03}"))
+            .replace("__NAME__", &args.name)
+            .replace("__FIELD__", &camel_case(&args.name))
+    };
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |e: std::io::Error| Error::Config(format!("cannot write {path}: {e}"))
+    };
+    fs::create_dir_all(&tests).map_err(io(&tests))?;
+    fs::write(&migration_path, render(MIGRATION)).map_err(io(&migration_path))?;
+    fs::write(&test_path, render(TEST)).map_err(io(&test_path))?;
+    // The templates are rustfmt-clean; a long name can make a line rustfmt would wrap, and CI
+    // checks both files with rustfmt, so they are formatted here when rustfmt is at hand.
+    let _ = std::process::Command::new("rustfmt")
+        .args(["--edition", "2021"])
+        .arg(&migration_path)
+        .arg(&test_path)
+        .stderr(std::process::Stdio::null())
+        .status();
+
+    println!("created {}", migration_path.display());
+    println!("created {}", test_path.display());
+    println!(
+        "next:\n  \
+         1. edit {m}: the description, the collection, the field and its value\n  \
+         2. edit {t} to match (its `expected` says what the field ends up holding)\n  \
+         3. cargo test {name}\n  \
+         4. cargo build, then `migrate status` lists {numbered} pending and `migrate up` applies it",
+        m = migration_path.display(),
+        t = test_path.display(),
+        name = args.name,
+    );
+    Ok((migration_path, test_path))
+}
+
+fn next_free(found: &std::collections::BTreeMap<u32, sources::SourceFile>) -> u32 {
+    found.keys().next_back().map_or(1, |n| n + 1)
+}
+
+/// `backfill_display_names` -> `backfillDisplayNames`: the template's field name.
+fn camel_case(snake: &str) -> String {
+    let mut out = String::with_capacity(snake.len());
+    let mut upper = false;
+    for c in snake.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The `NAME` argument: snake_case, checked before anything is read or written.
+fn parse_name(s: &str) -> std::result::Result<String, String> {
+    sources::check_snake_case(s).map(|()| s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_names_are_the_camel_case_of_the_migration_name() {
+        assert_eq!(camel_case("backfill_display_names"), "backfillDisplayNames");
+        assert_eq!(camel_case("v2_tiers"), "v2Tiers");
+        assert_eq!(camel_case("x"), "x");
+    }
+
+    #[test]
+    fn every_placeholder_of_the_templates_is_filled() {
+        let args = NewArgs {
+            name: "backfill_display_names".into(),
+            number: None,
+            dir: PathBuf::from("."),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("migrations")).unwrap();
+        fs::write(dir.path().join("migrations/001_first.rs"), "").unwrap();
+        let args = NewArgs {
+            dir: dir.path().to_path_buf(),
+            ..args
+        };
+        let (migration, test) = run(&args).unwrap();
+        assert!(migration.ends_with("migrations/002_backfill_display_names.rs"));
+        for path in [migration, test] {
+            let text = fs::read_to_string(&path).unwrap();
+            assert!(!text.contains("__"), "{}: {text}", path.display());
+        }
+    }
+}

@@ -7,8 +7,10 @@
 #
 # CHECK_NEW_CLIPPY=1 also runs clippy over the copy.
 #
-# The copy builds in target/scratch (CHECK_NEW_TARGET_DIR overrides it), so only the first run
-# compiles the dependencies. Uses MONGODB_URI when set, else starts a secantusd-rs of its own.
+# The copy builds in target/scratch (CHECK_NEW_TARGET_DIR overrides it), seeded with hard links
+# to the dependencies the repository's own build compiled, so only the crate itself is built
+# again (the copy's crate has another path, hence other artifact names: nothing is shared that a
+# build rewrites). Uses MONGODB_URI when set, else starts a secantusd-rs of its own.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 NAME=backfill_display_names
@@ -41,6 +43,12 @@ rustfmt --edition 2021 --check "$MIGRATION" "tests/migrations/$NUMBERED.rs" ||
 
 echo "== building the copy with $NUMBERED"
 export CARGO_TARGET_DIR="${CHECK_NEW_TARGET_DIR:-$REPO/target/scratch}"
+if [ ! -d "$CARGO_TARGET_DIR/debug/deps" ] && [ -d "$REPO/target/debug/deps" ]; then
+  mkdir -p "$CARGO_TARGET_DIR/debug"
+  for d in deps build .fingerprint; do
+    [ -d "$REPO/target/debug/$d" ] && cp -al "$REPO/target/debug/$d" "$CARGO_TARGET_DIR/debug/"
+  done
+fi
 cargo build --quiet --bin migrate
 MIGRATE="$CARGO_TARGET_DIR/debug/migrate"
 

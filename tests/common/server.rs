@@ -62,12 +62,41 @@ pub fn secantus_binary() -> PathBuf {
     }
 }
 
+/// The data directory of this process's server: `<tmp>/mongo-migrate-test-servers/<pid>`.
+///
+/// The server outlives every destructor (it dies with the process), so its directory cannot be
+/// removed by its owner; each test process removes those of processes that are gone instead,
+/// so the directories of earlier runs do not pile up on disk.
+fn server_dir() -> PathBuf {
+    let root = std::env::temp_dir().join("mongo-migrate-test-servers");
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for entry in entries.flatten() {
+            let gone = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+                // SAFETY: signal 0 only checks that the process exists.
+                .is_some_and(|pid| {
+                    let rc = unsafe { libc::kill(pid, 0) };
+                    rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+                });
+            if gone {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let dir = root.join(std::process::id().to_string());
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a data directory for the test server");
+    dir
+}
+
 /// Starts the server from a thread that never ends, so the kernel's parent-death signal (tied
 /// to the spawning thread) fires only when the whole test process exits.
 fn start_secantus() -> Server {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let dir = tempfile::tempdir().expect("temp dir for the test server");
+        let dir = server_dir();
         // A small cache makes one large transaction (an index build over ~100k documents) roll
         // back and retry forever; SECANTUS_CACHE_SIZE raises it for the benchmarks.
         let cache = std::env::var("SECANTUS_CACHE_SIZE").unwrap_or_else(|_| "1G".into());
@@ -83,7 +112,7 @@ fn start_secantus() -> Server {
             "WARNING",
             "--storage-path",
         ])
-        .arg(dir.path())
+        .arg(&dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
         #[cfg(target_os = "linux")]
@@ -113,7 +142,7 @@ fn start_secantus() -> Server {
         std::thread::spawn(move || for _ in lines {});
         // This thread outlives every test: it waits on the server until the process exits.
         let _ = child.wait();
-        drop(dir);
+        let _ = std::fs::remove_dir_all(&dir);
     });
     let port = rx
         .recv_timeout(Duration::from_secs(60))

@@ -12,6 +12,7 @@
 mod before_image;
 mod catch_up;
 mod checkpoint;
+mod missing;
 mod owned;
 mod pipeline;
 mod progress;

@@ -7,6 +7,7 @@ use super::catch_up::{
     Watcher,
 };
 use super::checkpoint::{from_checkpoint, to_checkpoint, Stats};
+use super::missing::set_if_missing;
 use super::progress::Progress;
 use super::retry::{is_transient, with_retry};
 use super::scan::{Position, BRACKETS};
@@ -81,7 +82,10 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
     let mut progress = Progress::start(&spec.label, total, stats.scanned, view);
     let mut throttle = Throttle::new(options.max_docs_per_sec);
     let fields = match &spec.transform {
-        Transform::Server(_) => Vec::new(),
+        // Fields set where missing are read, so each document is written once (see `missing`).
+        Transform::Server(updates) => set_if_missing(updates)
+            .map(|f| f.into_iter().map(|(name, _)| name).collect())
+            .unwrap_or_default(),
         Transform::Client(_) => spec.fields.clone(),
     };
     let mut scanner = Scanner {
@@ -414,16 +418,11 @@ fn spawn_batch(
         let options = ctx.options();
         let stats = match &spec.transform {
             Transform::Server(updates) => {
-                let ids: Vec<Bson> = batch
-                    .docs
-                    .iter()
-                    .filter_map(|d| d.get("_id").cloned())
-                    .collect();
                 server_batch(
                     ctx.db(),
                     &spec,
                     updates,
-                    Scope::Range(&ids),
+                    Scope::Range(&batch.docs),
                     options.dry_run,
                     ctx.stop(),
                 )

@@ -375,3 +375,68 @@ async fn dry_run_reports_the_work_and_writes_nothing() {
         "no lock, tracking or checkpoint collection was created"
     );
 }
+
+#[tokio::test]
+async fn each_user_is_written_once_whatever_fields_it_lacks() {
+    let t = fresh_db("m001_one_write").await;
+    // Every combination of missing, null and present fields, across several batches.
+    let mut users = Vec::new();
+    for i in 0..40 {
+        let mut u = doc! { "_id": i };
+        for (bit, f) in FIELDS.iter().enumerate() {
+            match (i >> (2 * bit)) & 3 {
+                0 => {}
+                1 => {
+                    u.insert(*f, Bson::Null);
+                }
+                _ => {
+                    u.insert(*f, 2.5 * f64::from(i));
+                }
+            }
+        }
+        users.push(u);
+    }
+    insert_users(&t, users.clone()).await;
+    let Ok(mut stream) = t.db.collection::<Document>("users").watch().await else {
+        return; // no change streams on this deployment: the counts below cannot be observed
+    };
+
+    let report = runner(&t, options()).run_pending().await.unwrap();
+
+    // Each user that lacked a field got them all in one update, and no other user was written.
+    let mut writes: std::collections::HashMap<i32, u32> = Default::default();
+    let mut empty = 0;
+    while empty < 2 {
+        match stream.next_if_any().await.unwrap() {
+            Some(event) => {
+                let id = event.document_key.unwrap().get_i32("_id").unwrap();
+                *writes.entry(id).or_default() += 1;
+            }
+            None => empty += 1,
+        }
+    }
+    let lacking: Vec<&Document> = users
+        .iter()
+        .filter(|u| FIELDS.iter().any(|f| !u.contains_key(*f)))
+        .collect();
+    assert_eq!(writes.len(), lacking.len(), "{writes:?}");
+    assert!(writes.values().all(|&n| n == 1), "{writes:?}");
+    // Present values, null included, are kept; only missing fields became Int32 0.
+    let after = t.all("users").await;
+    for (before, now) in users.iter().zip(&after) {
+        for f in FIELDS {
+            let expected = before.get(f).cloned().unwrap_or(Bson::Int32(0));
+            assert_eq!(now.get(f), Some(&expected), "{f} of {before}");
+        }
+    }
+    let fields_added: usize = lacking
+        .iter()
+        .map(|u| FIELDS.iter().filter(|f| !u.contains_key(**f)).count())
+        .sum();
+    let result = &report.applied[0].outcome.result;
+    assert_eq!(result.get_i64("fieldsAdded").unwrap(), fields_added as i64);
+    assert_eq!(
+        result.get_i64("usersUpdated").unwrap(),
+        lacking.len() as i64
+    );
+}

@@ -15,6 +15,7 @@ mod add_fields;
 mod before_image;
 mod catch_up;
 mod checkpoint;
+mod missing;
 mod owned;
 mod per_document;
 mod pipeline;

@@ -3,10 +3,10 @@
 //! ranges. A stop request ends scanning, drains the batches in flight, and saves the checkpoint.
 
 use super::catch_up::{
-    cluster_time, pipeline, token_from_bson, token_to_bson, CatchUpMode, Taken, Unavailable,
-    Watcher,
+    pipeline, token_from_bson, token_to_bson, CatchUpMode, Taken, Unavailable, Watcher,
 };
 use super::checkpoint::{from_checkpoint, to_checkpoint, Stats};
+use super::missing::set_if_missing;
 use super::progress::Progress;
 use super::retry::{is_transient, with_retry};
 use super::scan::{Position, BRACKETS};
@@ -81,7 +81,10 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
     let mut progress = Progress::start(&spec.label, total, stats.scanned, view);
     let mut throttle = Throttle::new(options.max_docs_per_sec);
     let fields = match &spec.transform {
-        Transform::Server(_) => Vec::new(),
+        // Fields set where missing are read, so each document is written once (see `missing`).
+        Transform::Server(updates) => set_if_missing(updates)
+            .map(|f| f.into_iter().map(|(name, _)| name).collect())
+            .unwrap_or_default(),
         Transform::Client(_) => spec.fields.clone(),
     };
     let mut scanner = Scanner {
@@ -195,17 +198,10 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
     }
     if let (Some(catch_up), false) = (catch_up, dry_run) {
         info!(migration = ctx.name(), scanned = stats.scanned, mode = %stats.catch_up.mode, "scan finished; catching up with concurrent writes");
-        if let Some(w) = &watcher {
-            // Every event up to the scan's end, then what they name.
-            w.drain(cluster_time(ctx.db()).await).await?;
-            let taken = w.take()?;
-            let covered = taken.token.as_ref().and_then(token_to_bson);
-            stats.absorb_catch_up(process_ids(ctx, spec, taken.ids).await?);
-            stats.catch_up.events = stats.catch_up.events.max(w.events());
-            token = covered.or(token);
-            ctx.save_checkpoint(to_checkpoint(&position, &stats, token.as_ref()))
-                .await?;
-        }
+        // The stream is drained once, by the first round after its check over the candidates
+        // (up to the cluster time after the check, so every event up to the scan's end is
+        // included): a drain before the check as well would cost a second wait for the stream on
+        // a quiet collection and find nothing the round does not.
         let result = rounds(
             ctx,
             spec,
@@ -414,16 +410,11 @@ fn spawn_batch(
         let options = ctx.options();
         let stats = match &spec.transform {
             Transform::Server(updates) => {
-                let ids: Vec<Bson> = batch
-                    .docs
-                    .iter()
-                    .filter_map(|d| d.get("_id").cloned())
-                    .collect();
                 server_batch(
                     ctx.db(),
                     &spec,
                     updates,
-                    Scope::Range(&ids),
+                    Scope::Range(&batch.docs),
                     options.dry_run,
                     ctx.stop(),
                 )

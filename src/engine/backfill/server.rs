@@ -3,6 +3,7 @@
 //! candidate filter, so a redo touches only documents that still need it.
 
 use super::checkpoint::Stats;
+use super::missing::{set_if_missing, write_missing};
 use super::retry::with_retry;
 use super::spec::{Backfill, ServerUpdate, ServerUpdateKind};
 use super::write::{and, update_command};
@@ -14,8 +15,9 @@ use mongodb::Database;
 
 /// Which documents a server-side batch covers.
 pub enum Scope<'a> {
-    /// The scan's batch: every `_id` from the first to the last read, in sort order.
-    Range(&'a [Bson]),
+    /// The scan's batch: every `_id` from the first to the last read, in sort order (read with
+    /// the fields [`set_if_missing`] names, if any).
+    Range(&'a [Document]),
     /// Documents named one by one (catch-up), in no particular order.
     Ids(&'a [Bson]),
 }
@@ -29,21 +31,24 @@ pub async fn server_batch(
     dry_run: bool,
     stop: &Stop,
 ) -> Result<Stats> {
-    let (ids, range) = match scope {
-        Scope::Range(ids) => {
-            let (first, last) = (
-                ids.first().expect("non-empty batch"),
-                ids.last().expect("non-empty batch"),
-            );
+    let (scanned, range, read) = match scope {
+        Scope::Range(docs) => {
+            let id = |d: Option<&Document>| {
+                d.and_then(|d| d.get("_id"))
+                    .cloned()
+                    .expect("non-empty batch")
+            };
+            let (first, last) = (id(docs.first()), id(docs.last()));
             (
-                ids,
-                doc! { "_id": { "$gte": first.clone(), "$lte": last.clone() } },
+                docs.len(),
+                doc! { "_id": { "$gte": first, "$lte": last } },
+                Some(docs),
             )
         }
-        Scope::Ids(ids) => (ids, doc! { "_id": { "$in": ids.to_vec() } }),
+        Scope::Ids(ids) => (ids.len(), doc! { "_id": { "$in": ids.to_vec() } }, None),
     };
     let mut stats = Stats {
-        scanned: ids.len() as u64,
+        scanned: scanned as u64,
         batches: 1,
         ..Default::default()
     };
@@ -79,6 +84,24 @@ pub async fn server_batch(
         stats.unchanged = stats.scanned.saturating_sub(stats.modified);
         return Ok(stats);
     }
+    // Fields set where missing, read by the scan: one write per document instead of one per field.
+    if let (Some(fields), Some(docs)) = (set_if_missing(updates), read) {
+        let (added, complete) = write_missing(
+            db,
+            &spec.collection,
+            &spec.filter,
+            &fields,
+            docs,
+            &range,
+            stop,
+        )
+        .await?;
+        stats.modified = added;
+        if complete {
+            stats.unchanged = stats.scanned.saturating_sub(added);
+            return Ok(stats);
+        }
+    }
     let statements = updates
         .iter()
         .map(|u| {
@@ -97,8 +120,8 @@ pub async fn server_batch(
     if !result.errors.is_empty() {
         return Err(result.into_error(&spec.collection));
     }
-    stats.modified = result.modified;
-    stats.unchanged = stats.scanned.saturating_sub(result.modified);
+    stats.modified += result.modified;
+    stats.unchanged = stats.scanned.saturating_sub(stats.modified);
     Ok(stats)
 }
 

@@ -25,6 +25,10 @@ pub enum State {
     Failed,
     /// Running now, or interrupted (then it has a checkpoint): `up --resume` continues it.
     Running,
+    /// Running as recorded, but its holder is gone (its process died on this host, or its
+    /// lease expired): `up --resume` continues it. Only `status` tells it from
+    /// [`State::Running`], since only it reads the lock.
+    Interrupted,
     /// Its `down` is running or was interrupted: `rollback` again finishes it.
     RollingBack,
     /// Reverted; `up` applies it again.
@@ -42,7 +46,11 @@ impl State {
     fn is_pending(self) -> bool {
         matches!(
             self,
-            State::Pending | State::Failed | State::RolledBack | State::Running
+            State::Pending
+                | State::Failed
+                | State::RolledBack
+                | State::Running
+                | State::Interrupted
         )
     }
 
@@ -50,7 +58,12 @@ impl State {
     fn is_touched(self) -> bool {
         matches!(
             self,
-            State::Completed | State::Changed | State::RollingBack | State::Failed | State::Running
+            State::Completed
+                | State::Changed
+                | State::RollingBack
+                | State::Failed
+                | State::Running
+                | State::Interrupted
         )
     }
 }
@@ -63,6 +76,7 @@ impl std::fmt::Display for State {
             State::Changed => "changed since applied",
             State::Failed => "failed",
             State::Running => "running",
+            State::Interrupted => "interrupted",
             State::RollingBack => "rolling back",
             State::RolledBack => "rolled back",
             State::Unknown => "unknown (not in this build)",
@@ -91,6 +105,9 @@ pub struct MigrationStatus {
     /// The tracking record, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub record: Option<Record>,
+    /// A running or interrupted backfill's live progress (see [`crate::engine::liveness`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<serde_json::Value>,
 }
 
 /// The state a record gives a compiled-in migration with `checksum`.
@@ -126,6 +143,7 @@ pub fn plan(migrations: &[Registered], records: Vec<Record>) -> Vec<MigrationSta
                 state: state_of(record.as_ref(), m.checksum),
                 checksum: Some(m.checksum.to_string()),
                 record,
+                progress: None,
             }
         })
         .collect();
@@ -138,6 +156,7 @@ pub fn plan(migrations: &[Registered], records: Vec<Record>) -> Vec<MigrationSta
         state: State::Unknown,
         checksum: None,
         record: Some(r),
+        progress: None,
     }));
     plan
 }

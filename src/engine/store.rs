@@ -176,7 +176,8 @@ impl Store {
                 "pid": self.actor.pid as i64,
                 "user": &self.actor.user,
             },
-            "$unset": { "error": "", "finishedAt": "", "durationMs": "" },
+            // A previous run's progress would pass for this one's until its first batch.
+            "$unset": { "error": "", "finishedAt": "", "durationMs": "", "progress": "" },
         };
         if !keep_checkpoint {
             update
@@ -203,6 +204,31 @@ impl Store {
             false,
             false,
             format!("saving the checkpoint of {name}"),
+        )
+        .await
+    }
+
+    /// Stores the live progress (`progress`, stamped with `heartbeatAt`) and, when given, the
+    /// resume point, in one write.
+    pub async fn save_progress(
+        &self,
+        name: &str,
+        checkpoint: Option<Document>,
+        mut progress: Document,
+    ) -> Result<()> {
+        let now = DateTime::now();
+        progress.insert("heartbeatAt", now);
+        let mut set = doc! { "progress": progress };
+        if let Some(mut checkpoint) = checkpoint {
+            checkpoint.insert("updatedAt", now);
+            set.insert("checkpoint", checkpoint);
+        }
+        self.update_record(
+            name,
+            doc! { "$set": set },
+            false,
+            false,
+            format!("saving the progress of {name}"),
         )
         .await
     }

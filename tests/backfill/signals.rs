@@ -10,8 +10,19 @@ async fn ctrl_c_stops_after_in_flight_batches_saves_checkpoint_and_exits_130() {
     let t = fresh_db("ctrlc").await;
     load(&t, &data).await;
 
-    // At most 5000 users/s: 001 alone takes at least 3 s.
-    let mut run = spawn(&t, &["up", "--max-docs-per-sec", "5000", "--no-progress"]);
+    // At most 5000 users/s: 001 alone takes at least 3 s. A fixed batch size, so the
+    // checkpoint's counters are whole batches of 1000.
+    let mut run = spawn(
+        &t,
+        &[
+            "up",
+            "--max-docs-per-sec",
+            "5000",
+            "--batch-size",
+            "1000",
+            "--no-progress",
+        ],
+    );
     run.wait_until("a checkpoint of 001", async || {
         scanned(&t, M001).await >= 2000
     })
@@ -21,7 +32,9 @@ async fn ctrl_c_stops_after_in_flight_batches_saves_checkpoint_and_exits_130() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{}", text(&out));
     assert!(
-        stderr.contains("resume with: migrate up --max-docs-per-sec 5000 --no-progress --resume"),
+        stderr.contains(
+            "resume with: migrate up --max-docs-per-sec 5000 --batch-size 1000 --no-progress --resume"
+        ),
         "{stderr}"
     );
 

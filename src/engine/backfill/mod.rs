@@ -12,6 +12,8 @@
 mod before_image;
 mod catch_up;
 mod checkpoint;
+mod governor;
+mod health;
 mod owned;
 mod pipeline;
 mod progress;
@@ -22,6 +24,7 @@ mod server;
 mod settle;
 mod spec;
 mod throttle;
+mod tuning;
 mod write;
 
 pub use before_image::{restore, RestoreReport, BEFORE_IMAGES};
@@ -32,4 +35,5 @@ pub use progress::{ProgressShown, ProgressView, PROGRESS_TARGET};
 pub use spec::{
     Backfill, CatchUp, Change, DocTransform, FastPath, ServerUpdate, ServerUpdateKind, Transform,
 };
+pub use tuning::{AUTO_BATCH_MAX, AUTO_BATCH_MIN};
 pub use write::and;

@@ -368,3 +368,33 @@ async fn resume_pause_and_throttle_with_nothing_running_are_harmless() {
         "a throttle without a limit is a usage error"
     );
 }
+
+#[tokio::test]
+async fn help_of_pause_throttle_and_the_new_flags_lists_them() {
+    let t = fresh_db("controlhelp").await;
+    let cases: [(&[&str], &[&str]); 5] = [
+        (&["--help"], &["pause", "throttle"]),
+        (
+            &["up", "--help"],
+            &[
+                "--batch-size <N|auto>",
+                "--target-batch-ms",
+                "--max-replication-lag",
+            ],
+        ),
+        (&["status", "--help"], &["--json", "--watch"]),
+        (&["pause", "--help"], &["--timeout", "exit 130"]),
+        (
+            &["throttle", "--help"],
+            &["--max-docs-per-sec", "--batch-size", "--clear"],
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = migrate(&t, args).await;
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
+        let help = String::from_utf8_lossy(&out.stdout);
+        for flag in expected {
+            assert!(help.contains(flag), "{args:?} lacks {flag}:\n{help}");
+        }
+    }
+}

@@ -35,8 +35,13 @@ pub(super) async fn pause(db: Database, args: PauseArgs) -> Result<()> {
     if !control::wait_released(&db, &lock, timeout).await? {
         return Err(Error::LockTimeout(timeout, who));
     }
+    // A paused rollback is finished by running it again; `up --resume` refuses it.
+    let again = match lock.get_str("command") {
+        Ok("rollback") => "migrate rollback",
+        _ => "migrate up --resume",
+    };
     print_out(format!(
-        "paused: {who} stopped and released the lock; continue with: migrate up --resume"
+        "paused: {who} stopped and released the lock; continue with: {again}"
     ));
     Ok(())
 }

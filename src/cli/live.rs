@@ -70,7 +70,7 @@ pub(super) fn interrupted_note(m: &MigrationStatus) -> String {
             )
         })
         .unwrap_or_else(|| "no checkpoint".into());
-    format!("holder gone; {checkpoint}; resume with: migrate up --resume")
+    format!("no live holder; {checkpoint}; resume with: migrate up --resume")
 }
 
 /// 123456 -> `123,456`.

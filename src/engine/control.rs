@@ -2,9 +2,9 @@
 //! their requests into the lock document, the one document every holder already owns and every
 //! host can find, and the holder reads it back every second from a task of its own.
 //!
-//! That task also refreshes the lock's `heartbeatAt` each second (the lease itself is renewed by
-//! [`crate::engine::lock`]), so `migrate status` can tell a live holder from a crashed one within
-//! seconds rather than within a lease. Every request is also pushed to the running migration's
+//! That task also stamps the lock's `polledAt` each second (`heartbeatAt` and the lease stay the
+//! renewal's, see [`crate::engine::lock`]), so `migrate status` can show a heartbeat seconds old
+//! rather than up to a third of a lease. Every request is also pushed to the running migration's
 //! `history`, naming who sent it.
 
 use crate::engine::error::{Error, Result};
@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tracing::{info, warn};
 
-/// How often the holder looks for requests (and refreshes its heartbeat).
+/// How often the holder looks for requests (and stamps `polledAt`).
 pub const POLL_EVERY: Duration = Duration::from_secs(1);
 
 /// A batch size: fixed, or tuned to the target batch time.
@@ -121,12 +121,12 @@ fn lock_coll(db: &Database) -> Collection<Document> {
     db.collection(LOCK_COLLECTION)
 }
 
-/// Runs until aborted: every second, refreshes the heartbeat of the lock held with `token`,
+/// Runs until aborted: every second, stamps `polledAt` on the lock held with `token`,
 /// applies the limits it carries and stops the run (as Ctrl-C does) when a pause is asked for.
 pub fn watch(db: &Database, token: ObjectId, live: Live, stop: Stop) -> WatchGuard {
     let coll = lock_coll(db);
     let task = tokio::spawn(async move {
-        let beat = vec![doc! { "$set": { "heartbeatAt": "$$NOW" } }];
+        let beat = vec![doc! { "$set": { "polledAt": "$$NOW" } }];
         let mut applied: Option<Bson> = None;
         loop {
             tokio::time::sleep(POLL_EVERY).await;

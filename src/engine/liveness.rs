@@ -56,8 +56,9 @@ pub async fn annotate(db: &Database, plan: &mut [MigrationStatus], me: &Actor) -
     Ok(())
 }
 
-/// The record's progress, with the holder's latest heartbeat (the lock's, refreshed every
-/// second, when it is newer than the last checkpoint's) and its age in seconds.
+/// The record's progress, with the holder's latest heartbeat (the lock's `polledAt`, stamped
+/// every second, or its lease renewal, when newer than the last checkpoint's) and its age in
+/// seconds.
 fn progress(
     saved: Option<&Document>,
     holder: Option<&Document>,
@@ -73,7 +74,10 @@ fn progress(
         })
     })?;
     let saved_beat = progress.get_datetime("heartbeatAt").ok().copied();
-    let lock_beat = holder.and_then(|l| l.get_datetime("heartbeatAt").ok().copied());
+    let lock_beat = holder.and_then(|l| {
+        let at = |k: &str| l.get_datetime(k).ok().copied();
+        at("polledAt").max(at("heartbeatAt"))
+    });
     if let Some(beat) = saved_beat.max(lock_beat) {
         progress.insert("heartbeatAt", beat);
         let age = (now.timestamp_millis() - beat.timestamp_millis()).max(0) as f64 / 1000.0;

@@ -9,6 +9,9 @@ use mongodb::Database;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
+/// Whether this process said yet how lag throttling stands: once per run, not once per backfill.
+static ANNOUNCED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Health is read at most this often.
 pub const PROBE_EVERY: Duration = Duration::from_secs(1);
 
@@ -18,7 +21,6 @@ pub struct Probe {
     last: Option<Instant>,
     lag_available: bool,
     flow_available: bool,
-    announced: bool,
 }
 
 impl Probe {
@@ -29,7 +31,6 @@ impl Probe {
             last: None,
             lag_available: true,
             flow_available: true,
-            announced: false,
         }
     }
 
@@ -70,8 +71,7 @@ impl Probe {
                 }
             }
         }
-        if !self.announced {
-            self.announced = true;
+        if !ANNOUNCED.swap(true, std::sync::atomic::Ordering::Relaxed) {
             match sample.lag {
                 Some(lag) => info!(
                     migration,

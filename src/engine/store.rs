@@ -198,13 +198,16 @@ impl Store {
     /// Stores the backfill resume point.
     pub async fn save_checkpoint(&self, name: &str, mut checkpoint: Document) -> Result<()> {
         checkpoint.insert("updatedAt", DateTime::now());
-        self.update_record(
-            name,
-            doc! { "$set": { "checkpoint": checkpoint } },
-            false,
-            false,
-            format!("saving the checkpoint of {name}"),
-        )
+        let update = doc! { "$set": { "checkpoint": checkpoint } };
+        idempotent(|| {
+            self.update_record(
+                name,
+                update.clone(),
+                false,
+                false,
+                format!("saving the checkpoint of {name}"),
+            )
+        })
         .await
     }
 
@@ -223,13 +226,16 @@ impl Store {
             checkpoint.insert("updatedAt", now);
             set.insert("checkpoint", checkpoint);
         }
-        self.update_record(
-            name,
-            doc! { "$set": set },
-            false,
-            false,
-            format!("saving the progress of {name}"),
-        )
+        let update = doc! { "$set": set };
+        idempotent(|| {
+            self.update_record(
+                name,
+                update.clone(),
+                false,
+                false,
+                format!("saving the progress of {name}"),
+            )
+        })
         .await
     }
 
@@ -289,6 +295,31 @@ impl Store {
         )
         .await
     }
+}
+
+/// Runs `write` again while it fails transiently (a failover, a server restart), for about a
+/// minute as the batches' own writes are: checkpoint and progress writes are `$set`s, so a
+/// second one has no other effect, and a run whose batches survived an outage must not fail on
+/// the record write after them.
+async fn idempotent<F, Fut>(write: F) -> Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut delay = std::time::Duration::from_millis(250);
+    for attempt in 1.. {
+        match write().await {
+            Err(Error::Db { source, context })
+                if attempt < 7 && crate::engine::backfill::is_transient(&source) =>
+            {
+                tracing::warn!(attempt, error = %source, "{context} failed; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(16));
+            }
+            other => return other,
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 fn is_duplicate_key(e: &mongodb::error::Error) -> bool {

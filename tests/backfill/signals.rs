@@ -6,7 +6,8 @@ use super::*;
 async fn ctrl_c_stops_after_in_flight_batches_saves_checkpoint_and_exits_130() {
     let data = users(15_000, 2);
     let total = data.len() as i64;
-    let reference = reference(&data, &[]).await;
+    // Fixed batches on both sides: `batches` is one of the counters compared at the end.
+    let reference = reference(&data, &["--batch-size", "1000"]).await;
     let t = fresh_db("ctrlc").await;
     load(&t, &data).await;
 
@@ -77,7 +78,11 @@ async fn ctrl_c_stops_after_in_flight_batches_saves_checkpoint_and_exits_130() {
         "a refused run keeps the checkpoint"
     );
 
-    let out = migrate(&t, &["up", "--resume", "--no-progress"]).await;
+    let out = migrate(
+        &t,
+        &["up", "--resume", "--batch-size", "1000", "--no-progress"],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         text(&out).contains("resuming backfill from checkpoint"),

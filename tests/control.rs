@@ -506,3 +506,27 @@ async fn pause_and_live_limits_under_a_concurrent_writer_still_end_with_balances
         wrong[0]
     );
 }
+
+#[tokio::test]
+async fn status_watch_refreshes_until_the_run_ends() {
+    let t = fresh_db("watch").await;
+    sample_users(&t, 3_000).await;
+    let mut run = Running::start(&t, &["up", "--max-docs-per-sec", "2000", "--no-progress"]);
+    run.wait_until("a checkpoint", async || live_record(&t).await.is_some())
+        .await;
+    let watched = migrate(&t, &["status", "--watch"]).await;
+    assert_eq!(watched.status.code(), Some(0), "{}", text(&watched));
+    let out = run.output().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let shown = String::from_utf8_lossy(&watched.stdout);
+    assert!(
+        shown.matches("MIGRATION").count() >= 2,
+        "refreshed at least once:\n{shown}"
+    );
+    assert!(shown.contains("running on"), "{shown}");
+    let last = shown.rsplit("MIGRATION").next().unwrap();
+    assert!(
+        !last.contains("running on") && last.contains("completed"),
+        "the last refresh shows the run ended:\n{last}"
+    );
+}

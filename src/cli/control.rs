@@ -33,7 +33,7 @@ pub(super) async fn pause(db: Database, args: PauseArgs) -> Result<()> {
     ));
     let timeout = Duration::from_secs(args.timeout);
     if !control::wait_released(&db, &lock, timeout).await? {
-        return Err(Error::LockTimeout(timeout, who));
+        return Err(Error::PauseTimeout(timeout, who));
     }
     // A paused rollback is finished by running it again; `up --resume` refuses it.
     let again = match lock.get_str("command") {

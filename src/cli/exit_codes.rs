@@ -36,7 +36,7 @@ impl ProcessExitCode for Error {
     fn exit_code(&self) -> i32 {
         match self {
             Error::Config(_) | Error::Connect { .. } => exit::CONFIG,
-            Error::Locked { .. } | Error::LockTimeout(..) => exit::LOCKED,
+            Error::Locked { .. } | Error::LockTimeout(..) | Error::PauseTimeout(..) => exit::LOCKED,
             Error::Drift { .. } | Error::Interrupted { .. } | Error::Refused(_) => exit::REFUSED,
             Error::Cancelled => exit::INTERRUPTED,
             Error::Db { .. } | Error::Migration { .. } | Error::LockLost(_) => {

@@ -167,3 +167,25 @@ async fn pause_and_live_limits_under_a_concurrent_writer_still_end_with_balances
         wrong[0]
     );
 }
+
+#[tokio::test]
+async fn pause_of_a_holder_that_does_not_stop_in_time_exits_4_and_the_request_stands() {
+    let t = fresh_db("pausetimeout").await;
+    sample_users(&t, 4_000).await;
+    let mut run = Running::start(&t, &["up", "--max-docs-per-sec", "1000", "--no-progress"]);
+    run.wait_until("a checkpoint", async || live_record(&t).await.is_some())
+        .await;
+    // Frozen (a long GC pause, a stopped VM): it cannot see the request.
+    assert_eq!(unsafe { libc::kill(run.pid() as i32, libc::SIGSTOP) }, 0);
+    let out = migrate(&t, &["pause", "--timeout", "2"]).await;
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        text(&out).contains("did not stop within 2s of being asked to pause"),
+        "{}",
+        text(&out)
+    );
+    // Thawed, it finds the request still in the lock and stops as asked.
+    assert_eq!(unsafe { libc::kill(run.pid() as i32, libc::SIGCONT) }, 0);
+    let out = run.output().await;
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+}

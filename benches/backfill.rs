@@ -238,6 +238,70 @@ async fn same_users(a: &TestDb, b: &TestDb) -> bool {
     }
 }
 
+/// `progress.scanned` of 003's record and when it was read, once it changed since `after`.
+async fn next_scanned(
+    t: &TestDb,
+    after: i64,
+    child: &mut std::process::Child,
+) -> Option<(Instant, i64)> {
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return None;
+        }
+        let scanned = t
+            .record("003_migrate_existing_user_balances")
+            .await
+            .and_then(|r| r.get_document("progress").ok().cloned())
+            .and_then(|p| p.get_i64("scanned").ok());
+        if let Some(s) = scanned.filter(|s| *s > after) {
+            return Some((Instant::now(), s));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The rate of 003 over at least `window`, from the record's counters: from the first change of
+/// `progress.scanned` to the first change after `window`.
+async fn measured_rate(
+    t: &TestDb,
+    window: Duration,
+    child: &mut std::process::Child,
+) -> Option<f64> {
+    let (t0, s0) = next_scanned(t, 0, child).await?;
+    tokio::time::sleep(window).await;
+    let (t1, s1) = next_scanned(t, s0, child).await?;
+    Some((s1 - s0) as f64 / (t1 - t0).as_secs_f64())
+}
+
+/// Starts 003 unthrottled, throttles it to 2000 docs/s with `migrate throttle` once it is
+/// running, measures the rate over 5 s, clears the throttle and measures again over 2 s.
+async fn throttle_check(t: &TestDb) -> (Option<f64>, Option<f64>) {
+    let mut child = t
+        .migrate_cmd(&["up", "--no-progress"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut limited = None;
+    let mut cleared = None;
+    if next_scanned(t, 0, &mut child).await.is_some() {
+        let out = common::migrate(t, &["throttle", "--max-docs-per-sec", "2000"]).await;
+        assert!(out.status.success(), "{}", common::text(&out));
+        // Let the batches dispatched before the change drain out of the window.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        limited = measured_rate(t, Duration::from_secs(5), &mut child).await;
+        let out = common::migrate(t, &["throttle", "--clear"]).await;
+        assert!(out.status.success(), "{}", common::text(&out));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cleared = measured_rate(t, Duration::from_secs(2), &mut child).await;
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "the throttled run failed");
+    (limited, cleared)
+}
+
 struct Row {
     name: &'static str,
     time: Duration,
@@ -336,6 +400,16 @@ async fn run(users: u64, bench: bool, quick: bool) -> usize {
         users,
     });
 
+    // (4f) the same with a fixed batch size of 1000, the default before `--batch-size auto`:
+    // (4) over (4f) is what tuning the batch size gains or costs.
+    let fixed = before_003("fixed1000", users).await;
+    let (time, _) = migrate_measured(&fixed, &["up", "--batch-size", "1000"]);
+    rows.push(Row {
+        name: "(4f) migrate up (003), --batch-size 1000",
+        time,
+        users,
+    });
+
     // (4c) 003 via `migrate up` without catch-up (no change stream, no rounds after the scan):
     // what catch-up costs on a quiet collection is (4) over (4c).
     let quiet = before_003("nocatchup", users).await;
@@ -417,6 +491,11 @@ async fn run(users: u64, bench: bool, quick: bool) -> usize {
         users,
     });
 
+    // (8) `migrate throttle --max-docs-per-sec 2000` sent to a running 003: the rate measured
+    // from the record's counters over the next 5 s, then after `--clear`.
+    let throttled = before_003("throttle2000", users).await;
+    let (limited, cleared) = throttle_check(&throttled).await;
+
     // (7) memory: peak RSS of (4) at 4N.
     let big = before_003("memory4n", users * 4).await;
     let (time4, rss_4n) = migrate_measured(&big, &["up"]);
@@ -434,6 +513,8 @@ async fn run(users: u64, bench: bool, quick: bool) -> usize {
         ("client", client.as_ref()),
         ("resume", Some(&resumed)),
         ("catch-up off", Some(&quiet)),
+        ("fixed batch size 1000", Some(&fixed)),
+        ("throttled", Some(&throttled)),
     ] {
         let Some(other) = other else { continue };
         if !same_users(&migrate, other).await {
@@ -517,6 +598,12 @@ async fn run(users: u64, bench: bool, quick: bool) -> usize {
             1.1,
         ),
         (
+            "(4) auto / (4f) 1000 throughput: batch size",
+            ratio(get("(4) "), get("(4f)")),
+            true,
+            0.95,
+        ),
+        (
             "(4) / (4c) time: catch-up",
             ratio(t_of("(4) "), t_of("(4c)")),
             false,
@@ -557,6 +644,22 @@ async fn run(users: u64, bench: bool, quick: bool) -> usize {
             "| {name} | {value:.2} | {target} {bound} | {} |",
             if met { "yes" } else { "NO" }
         );
+    }
+    let shown = |r: Option<f64>| {
+        r.map_or_else(
+            || "not measured (the run ended first)".into(),
+            |r| format!("{r:.0} docs/s"),
+        )
+    };
+    let _ = writeln!(
+        report,
+        "\n(8) throttle 2000 docs/s sent to a running 003: {} over the next 5 s (target <= ~2000); after --clear: {}",
+        shown(limited),
+        shown(cleared)
+    );
+    if limited.is_some_and(|r| r > 2000.0 * 1.15) {
+        eprintln!("THROTTLE: {limited:?} docs/s is over the 2000 docs/s asked for");
+        failures += 1;
     }
     let _ = writeln!(
         report,

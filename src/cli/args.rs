@@ -44,12 +44,22 @@ pub(super) struct GlobalArgs {
 pub(super) enum Command {
     /// Run every pending migration in order
     Up(UpArgs),
-    /// Show every migration's state, when it ran and how long it took
+    /// Show every migration's state, when it ran and how long it took; a running backfill with
+    /// its holder, percentage, rate, ETA and heartbeat, an interrupted one with its checkpoint
     Status {
-        /// Print JSON instead of a table (dates as ISO-8601, relaxed extended JSON)
+        /// Print JSON instead of a table (dates as ISO-8601, relaxed extended JSON; a running or
+        /// interrupted backfill has `progress`)
         #[arg(long)]
         json: bool,
+        /// Refresh every 2 s until no migration is running
+        #[arg(long)]
+        watch: bool,
     },
+    /// Ask the run holding the lock, on any host, to stop as Ctrl-C does (finish the batches in
+    /// flight, save the checkpoint, release the lock, exit 130), and wait until it has
+    Pause(PauseArgs),
+    /// Change the limits of the running backfill, on any host, without restarting it
+    Throttle(ThrottleArgs),
     /// Revert the last migration touched: the last completed one with its `down`, or the partial
     /// writes of one that failed or was interrupted; with --to, every migration above a number
     #[command(visible_alias = "down")]
@@ -87,6 +97,27 @@ pub(super) struct LockArgs {
 }
 
 #[derive(Debug, Args)]
+pub(super) struct PauseArgs {
+    /// Give up waiting for the holder to stop after this many seconds (exit 4)
+    #[arg(long, default_value_t = 300, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(super) timeout: u64,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("limit").required(true).multiple(true).args(["max_docs_per_sec", "batch_size", "clear"])))]
+pub(super) struct ThrottleArgs {
+    /// At most this many documents per second from now on
+    #[arg(long, value_name = "N", value_parser = parse_rate)]
+    pub(super) max_docs_per_sec: Option<f64>,
+    /// Documents per batch from now on: `auto` or 1 to 100000
+    #[arg(long, value_name = "N|auto")]
+    pub(super) batch_size: Option<crate::engine::control::BatchSize>,
+    /// Drop the limits set with `migrate throttle`: back to those the run started with
+    #[arg(long, conflicts_with_all = ["max_docs_per_sec", "batch_size"])]
+    pub(super) clear: bool,
+}
+
+#[derive(Debug, Args)]
 pub(super) struct UpArgs {
     /// Scan and transform, report what would change, write nothing (no documents, records or lock)
     #[arg(long)]
@@ -97,9 +128,19 @@ pub(super) struct UpArgs {
     /// Start interrupted migrations over, discarding their checkpoints
     #[arg(long)]
     pub(super) restart: bool,
-    /// Documents per batch
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
-    pub(super) batch_size: u64,
+    /// Documents per batch: `auto` sizes each batch so its write takes about --target-batch-ms
+    /// (from 1000, between 100 and 10000; halved on transient errors and latency spikes), or a
+    /// fixed number from 1 to 100000
+    #[arg(long, value_name = "N|auto", default_value = "auto")]
+    pub(super) batch_size: crate::engine::control::BatchSize,
+    /// With --batch-size auto, how long each batch's write should take, in milliseconds
+    #[arg(long, value_name = "MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub(super) target_batch_ms: u64,
+    /// Hold dispatch while a secondary lags the primary by more than this many seconds
+    /// (replSetGetStatus), or while flow control reports the majority lagging; 0 turns it off.
+    /// Read at most once a second; a server without replSetGetStatus runs without it
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub(super) max_replication_lag: u64,
     /// Batches in flight at once
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub(super) concurrency: u64,

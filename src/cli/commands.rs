@@ -8,6 +8,7 @@ use super::progress::Bar;
 use super::report::{print_report, print_report_json, print_rollback_preview, print_status};
 use super::signals::{watch_signals, Kind};
 use crate::engine::backfill::ProgressView;
+use crate::engine::control::BatchSize;
 use crate::engine::error::{Error, Result};
 use crate::engine::migration::RunOptions;
 use crate::engine::runner::{MigrationRunner, RunReport, State};
@@ -15,8 +16,11 @@ use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub(super) async fn status(db: mongodb::Database, json: bool) -> Result<()> {
+pub(super) async fn status(db: mongodb::Database, json: bool, watch: bool) -> Result<()> {
     let runner = MigrationRunner::new(db);
+    if watch {
+        return super::live::watch(&runner, json).await;
+    }
     let status = runner.status().await?;
     print_status(&status, json);
     for (name, chunks) in runner.orphaned_before_images().await? {
@@ -38,7 +42,14 @@ fn lock_options(options: &mut RunOptions, lock: &LockArgs) {
 
 pub(super) async fn up(db: mongodb::Database, config: &Config, args: UpArgs) -> Result<()> {
     let mut options = RunOptions {
-        batch_size: args.batch_size as usize,
+        batch_size: match args.batch_size {
+            BatchSize::Fixed(n) => n,
+            BatchSize::Auto => 1000,
+        },
+        auto_batch: args.batch_size == BatchSize::Auto,
+        target_batch: Duration::from_millis(args.target_batch_ms),
+        max_replication_lag: (args.max_replication_lag > 0)
+            .then(|| Duration::from_secs(args.max_replication_lag)),
         concurrency: args.concurrency as usize,
         max_docs_per_sec: args.max_docs_per_sec,
         dry_run: args.dry_run,
@@ -97,10 +108,17 @@ pub(super) async fn rollback(db: mongodb::Database, args: RollbackArgs) -> Resul
             )));
         }
         let question = match targets.as_slice() {
-            [target] if matches!(target.state, State::Failed | State::Running) => format!(
-                "{} is {} part-way: undo its partial writes ({})?",
-                target.name, target.state, target.description
-            ),
+            [target]
+                if matches!(
+                    target.state,
+                    State::Failed | State::Running | State::Interrupted
+                ) =>
+            {
+                format!(
+                    "{} is {} part-way: undo its partial writes ({})?",
+                    target.name, target.state, target.description
+                )
+            }
             [target] => format!("Roll back {} ({})?", target.name, target.description),
             _ => format!(
                 "Roll back {} migrations, newest first: {}?",

@@ -24,7 +24,7 @@ pub mod exit {
 }
 
 /// The codes in one line, for `--help`.
-pub(super) const SUMMARY: &str = "Exit codes: 0 success, 1 migration failed, 2 usage error, 3 configuration or connection error, 4 lock held by another run, 5 refused (drift, interrupted migration, no down, not confirmed), 130 interrupted (checkpoint saved).";
+pub(super) const SUMMARY: &str = "Exit codes: 0 success, 1 migration failed, 2 usage error, 3 configuration or connection error, 4 lock held by another run (or a paused run not stopped in time), 5 refused (drift, interrupted migration, no down, not confirmed), 130 interrupted or paused (checkpoint saved).";
 
 /// The process exit code an error ends the binary with.
 pub trait ProcessExitCode {
@@ -36,7 +36,7 @@ impl ProcessExitCode for Error {
     fn exit_code(&self) -> i32 {
         match self {
             Error::Config(_) | Error::Connect { .. } => exit::CONFIG,
-            Error::Locked { .. } | Error::LockTimeout(..) => exit::LOCKED,
+            Error::Locked { .. } | Error::LockTimeout(..) | Error::PauseTimeout(..) => exit::LOCKED,
             Error::Drift { .. } | Error::Interrupted { .. } | Error::Refused(_) => exit::REFUSED,
             Error::Cancelled => exit::INTERRUPTED,
             Error::Db { .. } | Error::Migration { .. } | Error::LockLost(_) => {

@@ -5,7 +5,9 @@
 pub mod args;
 mod commands;
 pub mod config;
+mod control;
 pub mod exit_codes;
+mod live;
 pub mod logging;
 mod new;
 pub mod progress;
@@ -140,7 +142,9 @@ async fn run(cli: Cli, settings: Settings) -> Result<()> {
     let (client, db) = config.connect().await?;
     tracing::debug!(uri = %config.redacted_uri(), database = %config.database, "connected");
     let result = match cli.command {
-        Command::Status { json } => commands::status(db, json).await,
+        Command::Status { json, watch } => commands::status(db, json, watch).await,
+        Command::Pause(args) => control::pause(db, args).await,
+        Command::Throttle(args) => control::throttle(db, args).await,
         Command::Up(args) => commands::up(db, &config, args).await,
         Command::New(_) => unreachable!("`new` returns before connecting"),
         Command::Rollback(args) => commands::rollback(db, args).await,

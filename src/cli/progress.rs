@@ -29,12 +29,13 @@ impl ProgressView for Bar {
         bar.set_position(done);
         bar.enable_steady_tick(Duration::from_millis(200));
         super::logging::set_progress_bar(Some(bar.clone()));
-        Box::new(Shown(Some(bar)))
+        Box::new(Shown(Some(bar), label.to_string()))
     }
 }
 
-/// The bar of one backfill; abandoned (left as it is) when dropped before it finished.
-struct Shown(Option<ProgressBar>);
+/// The bar of one backfill and its label; abandoned (left as it is) when dropped before it
+/// finished.
+struct Shown(Option<ProgressBar>, String);
 
 impl ProgressShown for Shown {
     fn update(&mut self, scanned: u64) {
@@ -43,6 +44,16 @@ impl ProgressShown for Shown {
                 bar.set_length(scanned);
             }
             bar.set_position(scanned);
+        }
+    }
+
+    fn message(&mut self, message: &str) {
+        if let Some(bar) = &self.0 {
+            if message.is_empty() {
+                bar.set_message(self.1.clone());
+            } else {
+                bar.set_message(format!("{} ({message})", self.1));
+            }
         }
     }
 

@@ -164,7 +164,10 @@ pub(super) fn print_status(status: &[MigrationStatus], json: bool) {
         let record = m.record.as_ref();
         // A migration in progress (or interrupted) shows when this attempt started, not when an
         // earlier one completed.
-        let in_progress = matches!(m.state, State::Running | State::RollingBack);
+        let in_progress = matches!(
+            m.state,
+            State::Running | State::Interrupted | State::RollingBack
+        );
         let when = record
             .and_then(|r| {
                 if in_progress {
@@ -180,10 +183,8 @@ pub(super) fn print_status(status: &[MigrationStatus], json: bool) {
             .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
             .unwrap_or_else(|| "-".into());
         let note = match m.state {
-            State::Running => record
-                .and_then(|r| r.checkpoint.as_ref())
-                .map(|cp| format!("checkpoint: {}", crate::engine::plan::describe_checkpoint(cp)))
-                .unwrap_or_else(|| "no checkpoint yet".into()),
+            State::Running => super::live::running_note(m),
+            State::Interrupted => super::live::interrupted_note(m),
             State::Failed => record.and_then(|r| r.error.clone()).unwrap_or_default(),
             State::Changed => {
                 "source changed since applied: `up` refuses until restored or --allow-drift".into()

@@ -75,12 +75,12 @@ impl Direction {
                     "message": &outcome.message,
                     "result": outcome.result.clone(),
                 },
-                &["checkpoint", "error"],
+                &["checkpoint", "error", "progress"],
             ),
             (Direction::Down { .. }, Ending::Done(outcome)) => (
                 Ended::RolledBack,
                 doc! { "status": RecordStatus::RolledBack, "rolledBackAt": DateTime::now(), "rollbackResult": outcome.result.clone() },
-                &["error", "checkpoint"],
+                &["error", "checkpoint", "progress"],
             ),
             (Direction::Up { .. }, Ending::Stopped(_)) => (
                 Ended::Interrupted,

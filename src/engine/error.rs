@@ -36,6 +36,10 @@ pub enum Error {
     #[error("gave up waiting {0:?} for the migration lock, still held by {1}. Try again later, or wait longer with a larger --wait-timeout")]
     LockTimeout(Duration, String),
 
+    /// `migrate pause` gave up waiting for the holder to stop; the second field describes it.
+    #[error("{1} did not stop within {0:?} of being asked to pause: check `migrate status` (a live heartbeat means it is still finishing its batches; run `migrate pause` again to keep waiting)")]
+    PauseTimeout(Duration, String),
+
     /// The lease was lost mid-run (taken over after our heartbeat failed, or the heartbeat
     /// itself died). The command that continues the work is the caller's to print.
     #[error("lost the migration lock during the run ({0}); stopped so that two runners never write at once. Check `migrate status` before running again")]

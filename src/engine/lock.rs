@@ -24,7 +24,8 @@ use tracing::{info, warn};
 
 /// Name of the lock collection.
 pub const LOCK_COLLECTION: &str = "migrations_lock";
-const LOCK_ID: &str = "migrate";
+/// `_id` of the one lock document.
+pub(crate) const LOCK_ID: &str = "migrate";
 
 /// Shortest lease `migrate` accepts: renewal every third of it must fit in a slow network's
 /// round trips.
@@ -251,7 +252,7 @@ fn stored_pid(lock: &Document) -> Option<i64> {
 }
 
 /// A holder on this host whose pid no longer exists crashed: waiting out its lease helps no one.
-fn holder_is_dead_here(current: &Document, me: &Actor) -> bool {
+pub(crate) fn holder_is_dead_here(current: &Document, me: &Actor) -> bool {
     let same_host = current
         .get_str("host")
         .map(|h| h == me.host)

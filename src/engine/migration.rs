@@ -67,8 +67,15 @@ impl Outcome {
 /// Knobs of a run, from `migrate up` flags.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// Documents per batch.
+    /// Documents per batch; with `auto_batch`, the first batch's size.
     pub batch_size: usize,
+    /// Tune the batch size so each batch's write takes about `target_batch` (`--batch-size
+    /// auto`), within [`crate::engine::backfill::AUTO_BATCH_MIN`] and `AUTO_BATCH_MAX`.
+    pub auto_batch: bool,
+    /// What an auto-sized batch's write aims at.
+    pub target_batch: Duration,
+    /// Hold dispatch while a secondary lags the primary by more than this (None: never).
+    pub max_replication_lag: Option<Duration>,
     /// Batches in flight at once.
     pub concurrency: usize,
     /// Throttle: documents scanned per second at most (None: unthrottled).
@@ -104,6 +111,9 @@ impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             batch_size: 1000,
+            auto_batch: false,
+            target_batch: Duration::from_millis(500),
+            max_replication_lag: Some(Duration::from_secs(10)),
             concurrency: 4,
             max_docs_per_sec: None,
             dry_run: false,
@@ -129,6 +139,8 @@ pub enum StopReason {
     Signal,
     /// The lock's lease could not be renewed.
     LockLost(String),
+    /// `migrate pause` from the named requester (`user@host pid N`): stops as Ctrl-C does.
+    Paused(String),
 }
 
 /// Shared stop flag: set by signal handlers or a lost lock, polled by long migrations.
@@ -180,6 +192,7 @@ pub struct Context {
     pub(crate) applied_result: Option<Document>,
     pub(crate) store: Store,
     pub(crate) stop: Stop,
+    pub(crate) live: crate::engine::control::Live,
 }
 
 impl Context {
@@ -222,5 +235,27 @@ impl Context {
             return Ok(());
         }
         self.store.save_checkpoint(&self.name, checkpoint).await
+    }
+    /// Limits set live by `migrate throttle` while this run holds the lock.
+    pub(crate) fn live(&self) -> &crate::engine::control::Live {
+        &self.live
+    }
+    /// Who runs this migration (host, pid, user).
+    pub(crate) fn actor(&self) -> &crate::engine::store::Actor {
+        self.store.actor()
+    }
+    /// Saves the live progress (and, when given, the resume point with it) on this migration's
+    /// tracking record, for `migrate status` on any host (never in a dry run).
+    pub async fn save_progress(
+        &self,
+        checkpoint: Option<Document>,
+        progress: Document,
+    ) -> Result<()> {
+        if self.options.dry_run {
+            return Ok(());
+        }
+        self.store
+            .save_progress(&self.name, checkpoint, progress)
+            .await
     }
 }

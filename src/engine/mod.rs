@@ -5,10 +5,12 @@
 //!
 //! - [`migration`]: the [`migration::Migration`] trait, its context and run options.
 //! - [`registry`]: the migrations compiled in from `migrations/`, with pinned checksums.
+//! - [`liveness`]: whether a running migration's holder is alive, with its live progress.
 //! - [`plan`]: what runs next and what is refused, from the tracking records (no I/O).
 //! - [`runner`]: [`runner::MigrationRunner`]: run pending, status, rollback, under the lock.
 //! - [`store`]: the `migrations` tracking collection; [`record`]: what it holds.
-//! - [`lock`]: the lease lock that keeps two runners apart.
+//! - [`lock`]: the lease lock that keeps two runners apart; [`control`]: pause and throttle
+//!   requests to the run holding it, from any host.
 //! - [`backfill`]: the batch pipeline (scan, transform, write, checkpoint, catch-up, progress).
 //! - [`sources`]: migration file names, checksums and `down` detection (shared with `build.rs`
 //!   and `embed_migrations!`).
@@ -16,8 +18,10 @@
 
 pub mod backfill;
 pub mod bson_ext;
+pub mod control;
 mod direction;
 pub mod error;
+pub mod liveness;
 pub mod lock;
 pub mod migration;
 pub mod plan;

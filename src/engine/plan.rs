@@ -29,6 +29,10 @@ pub enum State {
     Failed,
     /// Running now, or interrupted (then it has a checkpoint): `up --resume` continues it.
     Running,
+    /// Running as recorded, but its holder is gone (its process died on this host, or its
+    /// lease expired): `up --resume` continues it. Only `status` tells it from
+    /// [`State::Running`], since only it reads the lock.
+    Interrupted,
     /// Its `down` is running or was interrupted: `rollback` again finishes it.
     RollingBack,
     /// Reverted; `up` applies it again.
@@ -46,7 +50,11 @@ impl State {
     fn is_pending(self) -> bool {
         matches!(
             self,
-            State::Pending | State::Failed | State::RolledBack | State::Running
+            State::Pending
+                | State::Failed
+                | State::RolledBack
+                | State::Running
+                | State::Interrupted
         )
     }
 
@@ -60,6 +68,7 @@ impl State {
                 | State::RollingBack
                 | State::Failed
                 | State::Running
+                | State::Interrupted
         )
     }
 }
@@ -73,6 +82,7 @@ impl std::fmt::Display for State {
             State::Changed => "changed since applied",
             State::Failed => "failed",
             State::Running => "running",
+            State::Interrupted => "interrupted",
             State::RollingBack => "rolling back",
             State::RolledBack => "rolled back",
             State::Unknown => "unknown (not in this build)",
@@ -105,6 +115,9 @@ pub struct MigrationStatus {
     /// named with `.js`, or `completed` without a checksum.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub to_adopt: Vec<String>,
+    /// A running or interrupted backfill's live progress (see [`crate::engine::liveness`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<serde_json::Value>,
 }
 
 /// The JavaScript runner's file suffix, which its records' names may carry.
@@ -162,6 +175,7 @@ pub fn plan(migrations: &[Registered], records: Vec<Record>) -> Vec<MigrationSta
                 checksum: Some(m.checksum.to_string()),
                 record,
                 to_adopt,
+                progress: None,
             }
         })
         .collect();
@@ -175,6 +189,7 @@ pub fn plan(migrations: &[Registered], records: Vec<Record>) -> Vec<MigrationSta
         checksum: None,
         record: Some(r),
         to_adopt: Vec::new(),
+        progress: None,
     }));
     plan
 }

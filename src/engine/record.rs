@@ -210,6 +210,12 @@ pub struct Record {
     /// When `migrate baseline` marked it applied without running it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baselined_at: Option<DateTime>,
+    /// A backfill's live progress, saved with each checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Document>,
+    /// The token of the lock the run working on it holds (its fencing token).
+    #[serde(default, skip_serializing)]
+    pub lock_token: Option<mongodb::bson::oid::ObjectId>,
     /// Every `up` and `down`, oldest first.
     #[serde(default)]
     pub history: Vec<Document>,

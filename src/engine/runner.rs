@@ -5,6 +5,7 @@
 
 pub use crate::engine::plan::{describe_checkpoint, MigrationStatus, State};
 
+use crate::engine::control;
 use crate::engine::direction::{Direction, Ending};
 use crate::engine::error::{Error, Result};
 use crate::engine::lock::{self, LockGuard, LockRequest};
@@ -62,6 +63,7 @@ pub struct MigrationRunner {
     options: RunOptions,
     store: Store,
     stop: Stop,
+    live: control::Live,
 }
 
 impl MigrationRunner {
@@ -80,6 +82,7 @@ impl MigrationRunner {
             options: RunOptions::default(),
             store,
             stop: Stop::default(),
+            live: control::Live::default(),
         }
     }
 
@@ -95,8 +98,12 @@ impl MigrationRunner {
     }
 
     /// Every known migration with its state, plus records not in this build.
+    /// A migration recorded `running` whose holder is gone reads [`State::Interrupted`], and
+    /// running ones carry their live progress.
     pub async fn status(&self) -> Result<Vec<MigrationStatus>> {
-        self.plan().await
+        let mut plan = self.plan().await?;
+        crate::engine::liveness::annotate(&self.db, &mut plan, self.store.actor()).await?;
+        Ok(plan)
     }
 
     async fn plan(&self) -> Result<Vec<MigrationStatus>> {
@@ -130,6 +137,7 @@ impl MigrationRunner {
             applied_result: None,
             store: self.store.clone(),
             stop: self.stop.clone(),
+            live: self.live.clone(),
         }
     }
 
@@ -149,7 +157,9 @@ impl MigrationRunner {
         self.store.ensure_indexes().await?;
         let lock = self.lock("up").await?;
         self.store.fence(lock.token());
+        let control = control::watch(&self.db, lock.token(), self.live.clone(), self.stop.clone());
         let result = self.run_locked(report).await;
+        drop(control);
         self.store.unfence();
         release(lock).await;
         result
@@ -223,7 +233,9 @@ impl MigrationRunner {
         self.store.ensure_indexes().await?;
         let lock = self.lock("rollback").await?;
         self.store.fence(lock.token());
+        let control = control::watch(&self.db, lock.token(), self.live.clone(), self.stop.clone());
         let result = self.rollback_locked(to).await;
+        drop(control);
         self.store.unfence();
         release(lock).await;
         result
@@ -303,7 +315,10 @@ impl MigrationRunner {
                 return Err(self.stop.error());
             }
             let registered = self.registered(&target.name);
-            let partial = matches!(target.state, State::Failed | State::Running);
+            let partial = matches!(
+                target.state,
+                State::Failed | State::Running | State::Interrupted
+            );
             if partial {
                 info!(
                     migration = registered.name,

@@ -177,8 +177,9 @@ impl Store {
                 "user": &self.actor.user,
             },
             // An earlier adoption or baseline no longer describes what this run applies (the
-            // history keeps them).
-            "$unset": { "error": "", "finishedAt": "", "durationMs": "", "adoptedAt": "", "baselinedAt": "" },
+            // history keeps them), and a previous run's progress would pass for this one's until
+            // its first batch.
+            "$unset": { "error": "", "finishedAt": "", "durationMs": "", "adoptedAt": "", "baselinedAt": "", "progress": "" },
         };
         if !keep_checkpoint {
             update
@@ -199,13 +200,44 @@ impl Store {
     /// Stores the backfill resume point.
     pub async fn save_checkpoint(&self, name: &str, mut checkpoint: Document) -> Result<()> {
         checkpoint.insert("updatedAt", DateTime::now());
-        self.update_record(
-            name,
-            doc! { "$set": { "checkpoint": checkpoint } },
-            false,
-            false,
-            format!("saving the checkpoint of {name}"),
-        )
+        let update = doc! { "$set": { "checkpoint": checkpoint } };
+        idempotent(|| {
+            self.update_record(
+                name,
+                update.clone(),
+                false,
+                false,
+                format!("saving the checkpoint of {name}"),
+            )
+        })
+        .await
+    }
+
+    /// Stores the live progress (`progress`, stamped with `heartbeatAt`) and, when given, the
+    /// resume point, in one write.
+    pub async fn save_progress(
+        &self,
+        name: &str,
+        checkpoint: Option<Document>,
+        mut progress: Document,
+    ) -> Result<()> {
+        let now = DateTime::now();
+        progress.insert("heartbeatAt", now);
+        let mut set = doc! { "progress": progress };
+        if let Some(mut checkpoint) = checkpoint {
+            checkpoint.insert("updatedAt", now);
+            set.insert("checkpoint", checkpoint);
+        }
+        let update = doc! { "$set": set };
+        idempotent(|| {
+            self.update_record(
+                name,
+                update.clone(),
+                false,
+                false,
+                format!("saving the progress of {name}"),
+            )
+        })
         .await
     }
 
@@ -385,6 +417,31 @@ impl Store {
         self.update_record(name, update, true, true, format!("baselining {name}"))
             .await
     }
+}
+
+/// Runs `write` again while it fails transiently (a failover, a server restart), for about a
+/// minute as the batches' own writes are: checkpoint and progress writes are `$set`s, so a
+/// second one has no other effect, and a run whose batches survived an outage must not fail on
+/// the record write after them.
+async fn idempotent<F, Fut>(write: F) -> Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut delay = std::time::Duration::from_millis(250);
+    for attempt in 1.. {
+        match write().await {
+            Err(Error::Db { source, context })
+                if attempt < 7 && crate::engine::backfill::is_transient(&source) =>
+            {
+                tracing::warn!(attempt, error = %source, "{context} failed; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(16));
+            }
+            other => return other,
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 fn is_duplicate_key(e: &mongodb::error::Error) -> bool {

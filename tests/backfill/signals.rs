@@ -6,12 +6,24 @@ use super::*;
 async fn ctrl_c_stops_after_in_flight_batches_saves_checkpoint_and_exits_130() {
     let data = users(15_000, 2);
     let total = data.len() as i64;
-    let reference = reference(&data, &[]).await;
+    // Fixed batches on both sides: `batches` is one of the counters compared at the end.
+    let reference = reference(&data, &["--batch-size", "1000"]).await;
     let t = fresh_db("ctrlc").await;
     load(&t, &data).await;
 
-    // At most 5000 users/s: 001 alone takes at least 3 s.
-    let mut run = spawn(&t, &["up", "--max-docs-per-sec", "5000", "--no-progress"]);
+    // At most 5000 users/s: 001 alone takes at least 3 s. A fixed batch size, so the
+    // checkpoint's counters are whole batches of 1000.
+    let mut run = spawn(
+        &t,
+        &[
+            "up",
+            "--max-docs-per-sec",
+            "5000",
+            "--batch-size",
+            "1000",
+            "--no-progress",
+        ],
+    );
     run.wait_until("a checkpoint of 001", async || {
         scanned(&t, M001).await >= 2000
     })
@@ -21,7 +33,9 @@ async fn ctrl_c_stops_after_in_flight_batches_saves_checkpoint_and_exits_130() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{}", text(&out));
     assert!(
-        stderr.contains("resume with: migrate up --max-docs-per-sec 5000 --no-progress --resume"),
+        stderr.contains(
+            "resume with: migrate up --max-docs-per-sec 5000 --batch-size 1000 --no-progress --resume"
+        ),
         "{stderr}"
     );
 
@@ -64,7 +78,11 @@ async fn ctrl_c_stops_after_in_flight_batches_saves_checkpoint_and_exits_130() {
         "a refused run keeps the checkpoint"
     );
 
-    let out = migrate(&t, &["up", "--resume", "--no-progress"]).await;
+    let out = migrate(
+        &t,
+        &["up", "--resume", "--batch-size", "1000", "--no-progress"],
+    )
+    .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
         text(&out).contains("resuming backfill from checkpoint"),

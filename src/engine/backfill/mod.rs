@@ -15,6 +15,8 @@ mod add_fields;
 mod before_image;
 mod catch_up;
 mod checkpoint;
+mod governor;
+mod health;
 mod missing;
 mod owned;
 mod per_document;
@@ -27,6 +29,7 @@ mod server;
 mod settle;
 mod spec;
 mod throttle;
+mod tuning;
 mod write;
 
 pub use before_image::{images_summary, restore, ImagesSummary, RestoreReport, BEFORE_IMAGES};
@@ -34,9 +37,11 @@ pub use catch_up::CatchUpMode;
 pub use checkpoint::{int, CatchUpStats, Stats, INVALID_SAMPLES};
 pub use pipeline::{remaining, run, sample_ids};
 pub use progress::{ProgressShown, ProgressView, PROGRESS_TARGET};
+pub(crate) use retry::is_transient;
 pub use spec::{
     Backfill, CatchUp, Change, DocTransform, FastPath, ServerUpdate, ServerUpdateKind, Transform,
 };
+pub use tuning::{AUTO_BATCH_MAX, AUTO_BATCH_MIN};
 pub use write::and;
 
 // The common migrations, each written once on the pipeline.

@@ -6,6 +6,7 @@ use super::catch_up::{
     pipeline, token_from_bson, token_to_bson, CatchUpMode, Taken, Unavailable, Watcher,
 };
 use super::checkpoint::{from_checkpoint, to_checkpoint, Stats};
+use super::governor::{Governor, Wait};
 use super::missing::set_if_missing;
 use super::progress::Progress;
 use super::retry::{is_transient, with_retry};
@@ -13,7 +14,6 @@ use super::scan::{Position, BRACKETS};
 use super::server::{server_batch, Scope};
 use super::settle::{process_ids, rounds};
 use super::spec::{Backfill, CatchUp, Transform};
-use super::throttle::Throttle;
 use super::write::{and, client_batch, projection};
 use crate::engine::error::{Error, Result};
 use crate::engine::migration::Context;
@@ -31,8 +31,8 @@ struct Batch {
 
 /// A finished piece of work, in dispatch order.
 enum Done {
-    /// A scan batch, written up to `end`.
-    Scan(Position, Stats),
+    /// A scan batch of `docs` documents, written up to `end` in `took`.
+    Scan(Position, Stats, usize, Duration),
     /// Catch-up of changed documents; `token` covers every event behind them.
     CatchUp(Option<Bson>, Stats),
 }
@@ -79,7 +79,7 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
         .as_deref()
         .filter(|_| options.progress);
     let mut progress = Progress::start(&spec.label, total, stats.scanned, view);
-    let mut throttle = Throttle::new(options.max_docs_per_sec);
+    let mut governor = Governor::new(ctx);
     let fields = match &spec.transform {
         // Fields set where missing are read, so each document is written once (see `missing`).
         Transform::Server(updates) => set_if_missing(updates)
@@ -91,7 +91,7 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
         coll: coll.clone(),
         candidates: spec.filter.clone(),
         projection: projection(&fields),
-        batch_size: options.batch_size.max(1),
+        batch_size: governor.batch_size(),
         cursor: None,
     };
     let mut written = position.clone();
@@ -125,13 +125,28 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
                     }
                 }
             }
-            let delay = throttle.delay();
-            if !delay.is_zero() {
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = ctx.stop().stopped() => break,
+            let wait = governor.before_dispatch(ctx, &mut progress).await;
+            if governor.take_changed() && !dry_run {
+                let live =
+                    progress.record(&stats, governor.batch_size(), &governor.view(), ctx.actor());
+                ctx.save_progress(None, live).await?;
+            }
+            match wait {
+                Wait::Go => {}
+                // Held by the cluster's health: write what is in flight meanwhile.
+                Wait::Held(_) if !inflight.is_empty() => break,
+                Wait::Held(delay) | Wait::Pace(delay) => {
+                    let held = matches!(wait, Wait::Held(_));
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = ctx.stop().stopped() => break,
+                    }
+                    if held {
+                        continue;
+                    }
                 }
             }
+            scanner.batch_size = governor.batch_size();
             let batch = match scanner.next(ctx, &mut position).await {
                 Ok(Some(batch)) => batch,
                 Ok(None) => break,
@@ -140,7 +155,7 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
                     break;
                 }
             };
-            throttle.dispatched(batch.docs.len() as u64);
+            governor.dispatched(batch.docs.len());
             let live = watcher.as_ref().is_some_and(|w| w.live_within(LIVE_WINDOW));
             inflight.push_back(spawn_batch(ctx, spec, batch, live));
         }
@@ -166,9 +181,10 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
             continue;
         }
         match done {
-            Done::Scan(end, batch_stats) => {
+            Done::Scan(end, batch_stats, docs, took) => {
                 stats.absorb(batch_stats);
                 written = end;
+                governor.batch_done(ctx, docs, took);
             }
             Done::CatchUp(covered, batch_stats) => {
                 stats.absorb_catch_up(batch_stats);
@@ -178,9 +194,14 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
         if let Some(w) = &watcher {
             stats.catch_up.events = stats.catch_up.events.max(w.events());
         }
-        if spec.checkpoints && !dry_run {
-            ctx.save_checkpoint(to_checkpoint(&written, &stats, token.as_ref()))
-                .await?;
+        if !dry_run {
+            // The checkpoint and the live progress in one write.
+            let checkpoint = spec
+                .checkpoints
+                .then(|| to_checkpoint(&written, &stats, token.as_ref()));
+            let live =
+                progress.record(&stats, governor.batch_size(), &governor.view(), ctx.actor());
+            ctx.save_progress(checkpoint, live).await?;
         }
         debug!(migration = ctx.name(), scanned = stats.scanned, modified = stats.modified, last_id = ?written.last, "batch written");
         progress.update(&stats);
@@ -408,6 +429,7 @@ fn spawn_batch(
     };
     tokio::spawn(async move {
         let options = ctx.options();
+        let (docs, started) = (batch.docs.len(), Instant::now());
         let stats = match &spec.transform {
             Transform::Server(updates) => {
                 server_batch(
@@ -434,7 +456,7 @@ fn spawn_batch(
                 .await?
             }
         };
-        Ok(Done::Scan(batch.end, stats))
+        Ok(Done::Scan(batch.end, stats, docs, started.elapsed()))
     })
 }
 

@@ -3,6 +3,8 @@
 //! [`ProgressView`] when the caller shows one (the command line draws a bar on a terminal).
 
 use super::checkpoint::Stats;
+use mongodb::bson::{doc, Bson, Document};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// Where a backfill's progress is drawn besides the log. The engine knows no terminal: the
@@ -18,6 +20,8 @@ pub trait ProgressView: Send + Sync + std::fmt::Debug {
 pub trait ProgressShown: Send {
     /// `scanned` documents so far (may pass the first estimate of the total).
     fn update(&mut self, scanned: u64);
+    /// The throttle state changed: `message` says how (empty when no longer throttled).
+    fn message(&mut self, _message: &str) {}
     /// The backfill ended: stop drawing.
     fn finish(self: Box<Self>);
 }
@@ -34,6 +38,26 @@ pub struct Progress {
     started: Instant,
     start_count: u64,
     last_log: Instant,
+    /// `(when, scanned)` over the last minute, for the live rate.
+    window: VecDeque<(Instant, u64)>,
+}
+
+/// The live rate is measured over this much of the recent past.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
+
+/// The throttle as the live progress shows it.
+#[derive(Debug, Clone, Default)]
+pub struct ThrottleView {
+    /// Why dispatch is held or slowed, `None` when it is not.
+    pub reason: Option<String>,
+    /// The rate limit in force.
+    pub max_docs_per_sec: Option<f64>,
+    /// The last replication lag read, and the limit.
+    pub lag: Option<Duration>,
+    /// The lag limit.
+    pub max_lag: Option<Duration>,
+    /// `auto` or the fixed size in force.
+    pub batch_mode: String,
 }
 
 impl Progress {
@@ -47,6 +71,64 @@ impl Progress {
             started: Instant::now(),
             start_count: done,
             last_log: Instant::now(),
+            window: VecDeque::from([(Instant::now(), done)]),
+        }
+    }
+
+    /// Documents per second over the last minute (since the start when younger).
+    pub fn rate(&mut self, scanned: u64) -> f64 {
+        let now = Instant::now();
+        self.window.push_back((now, scanned));
+        // Keep one sample older than the window as its baseline.
+        while self.window.len() > 2 && now.duration_since(self.window[1].0) >= RATE_WINDOW {
+            self.window.pop_front();
+        }
+        let (since, base) = self.window[0];
+        let secs = now.duration_since(since).as_secs_f64();
+        if secs < 1e-3 {
+            return 0.0;
+        }
+        scanned.saturating_sub(base) as f64 / secs
+    }
+
+    /// The live progress the tracking record carries (`heartbeatAt` is added when stored).
+    pub fn record(
+        &mut self,
+        stats: &Stats,
+        batch_size: usize,
+        throttle: &ThrottleView,
+        holder: &crate::engine::store::Actor,
+    ) -> Document {
+        let rate = self.rate(stats.scanned);
+        let total = self.total.max(stats.scanned);
+        let eta = if rate > 0.0 {
+            Bson::Int64((total.saturating_sub(stats.scanned) as f64 / rate).ceil() as i64)
+        } else {
+            Bson::Null
+        };
+        let opt = |v: Option<f64>| v.map_or(Bson::Null, Bson::Double);
+        doc! {
+            "scanned": stats.scanned as i64,
+            "total": total as i64,
+            "docsPerSec": (rate * 10.0).round() / 10.0,
+            "etaSeconds": eta,
+            "batchSize": batch_size as i64,
+            "throttle": {
+                "state": if throttle.reason.is_some() { "throttled" } else { "none" },
+                "reason": throttle.reason.clone().map_or(Bson::Null, Bson::String),
+                "maxDocsPerSec": opt(throttle.max_docs_per_sec),
+                "lagSeconds": opt(throttle.lag.map(|l| l.as_secs_f64())),
+                "maxLagSeconds": opt(throttle.max_lag.map(|l| l.as_secs_f64())),
+                "batchSizeMode": &throttle.batch_mode,
+            },
+            "holder": { "host": &holder.host, "pid": holder.pid as i64, "user": &holder.user },
+        }
+    }
+
+    /// Shows a change of throttle state on the bar.
+    pub fn message(&mut self, message: &str) {
+        if let Some(shown) = &mut self.shown {
+            shown.message(message);
         }
     }
 

@@ -10,6 +10,16 @@ use tracing::warn;
 
 const ATTEMPTS: u32 = 7;
 
+/// Transient failures retried so far in this process. The batch-size tuner halves when this
+/// grows: a failover or a struggling network is the time for smaller batches. (One count per
+/// process is enough: a process runs one backfill at a time.)
+static TRANSIENT_RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many transient failures were retried so far in this process.
+pub fn transient_retries() -> u64 {
+    TRANSIENT_RETRIES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Whether `e` may pass if the operation is simply tried again.
 pub fn is_transient(e: &mongodb::error::Error) -> bool {
     if e.contains_label(RETRYABLE_WRITE_ERROR)
@@ -42,6 +52,7 @@ where
         match op().into_future().await {
             Ok(v) => return Ok(v),
             Err(e) if attempt < ATTEMPTS && is_transient(&e) => {
+                TRANSIENT_RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 warn!(attempt, error = %e, "{what} failed; retrying in {delay:?}");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}

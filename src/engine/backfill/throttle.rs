@@ -33,6 +33,19 @@ impl Throttle {
         }
     }
 
+    /// The limit in force.
+    pub fn rate(&self) -> Option<f64> {
+        self.rate
+    }
+
+    /// Changes the limit (`migrate throttle`): pacing starts over from now at the new rate, so
+    /// neither the documents dispatched under the old rate nor the time spent count against it.
+    pub fn set_rate(&mut self, rate: Option<f64>) {
+        if rate != self.rate {
+            *self = Throttle::new(rate);
+        }
+    }
+
     /// Records a dispatched batch of `docs` documents.
     pub fn dispatched(&mut self, docs: u64) {
         self.dispatched += docs;
@@ -47,6 +60,19 @@ mod tests {
     fn unthrottled_never_waits() {
         let mut t = Throttle::new(None);
         t.dispatched(1_000_000);
+        assert_eq!(t.delay(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_new_rate_paces_from_the_change_on() {
+        let mut t = Throttle::new(Some(100.0));
+        t.dispatched(10_000);
+        assert!(t.delay() > Duration::from_secs(90));
+        t.set_rate(Some(2000.0));
+        assert_eq!(t.delay(), Duration::ZERO, "the old backlog is forgotten");
+        t.dispatched(2000);
+        assert!(t.delay() > Duration::from_millis(900), "{:?}", t.delay());
+        t.set_rate(None);
         assert_eq!(t.delay(), Duration::ZERO);
     }
 

@@ -44,7 +44,10 @@ impl MigrationRunner {
                 .find(|m| m.name == status.name)
                 .is_some_and(|m| m.migration.reversible());
             previews.push(RollbackPreview {
-                partial: matches!(status.state, State::Failed | State::Running),
+                partial: matches!(
+                    status.state,
+                    State::Failed | State::Running | State::Interrupted
+                ),
                 reversible,
                 images,
                 status,

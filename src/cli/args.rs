@@ -129,7 +129,7 @@ pub(super) struct UpArgs {
     #[arg(long)]
     pub(super) restart: bool,
     /// Documents per batch: `auto` sizes each batch so its write takes about --target-batch-ms
-    /// (from 1000, between 100 and 10000; halved on transient errors and latency spikes), or a
+    /// (from 1000, between 100 and 6000 / --concurrency; halved on transient errors and latency spikes), or a
     /// fixed number from 1 to 100000
     #[arg(long, value_name = "N|auto", default_value = "auto")]
     pub(super) batch_size: crate::engine::control::BatchSize,

@@ -57,7 +57,8 @@ impl Governor {
             target: o.target_batch,
             throttle: Throttle::new(o.max_docs_per_sec),
             batch: own_batch,
-            tuner: BatchTuner::new(o.batch_size.max(1), o.target_batch),
+            tuner: BatchTuner::new(o.batch_size.max(1), o.target_batch)
+                .with_ceiling(super::tuning::AUTO_DOCS_IN_FLIGHT / o.concurrency.max(1)),
             gate,
             overrides: Overrides::default(),
             retries_seen: super::retry::transient_retries(),

@@ -220,8 +220,11 @@ async fn prepared(tag: &str, seed: u64) -> (TestDb, HashMap<String, Document>) {
 enum StopWriter {
     /// Half-way through the scan.
     MidScan,
-    /// When the scan has read everything.
-    ScanEnd,
+    /// Just before the scan's end (90% scanned, about 0.2 s of scan left at the throttle).
+    /// Not at its end: the guarantee covers writes before the run's last check, and the rounds
+    /// after a short scan can end before a writer told "the scan is over" has stopped, leaving
+    /// a write the run was never going to see.
+    NearScanEnd,
 }
 
 /// 003 with the writer running, then rollback; both exact.
@@ -251,8 +254,9 @@ async fn trial(
         StopWriter::MidScan => {
             run.wait_for(async || scanned(&t).await >= USERS / 2).await;
         }
-        StopWriter::ScanEnd => {
-            run.wait_for(async || scan_finished(&t).await).await;
+        StopWriter::NearScanEnd => {
+            run.wait_for(async || scanned(&t).await >= USERS * 9 / 10)
+                .await;
         }
     }
     let writes = writer.stop().await;
@@ -281,8 +285,8 @@ async fn a_writer_during_the_scan_ends_exact_and_rollback_restores_it() {
 }
 
 #[tokio::test]
-async fn a_writer_until_the_end_of_the_scan_ends_exact_and_rollback_restores_it() {
-    trial("liveend", 4, "300", "3", StopWriter::ScanEnd, &[]).await;
+async fn a_writer_until_just_before_the_scan_ends_ends_exact_and_rollback_restores_it() {
+    trial("liveend", 4, "300", "3", StopWriter::NearScanEnd, &[]).await;
 }
 
 #[tokio::test]
@@ -292,7 +296,7 @@ async fn catch_up_by_passes_reaches_the_same_state() {
         5,
         "400",
         "2",
-        StopWriter::ScanEnd,
+        StopWriter::NearScanEnd,
         &["--catch-up", "passes"],
     )
     .await;

@@ -94,10 +94,9 @@ pub(super) async fn rollback(db: mongodb::Database, args: RollbackArgs) -> Resul
     }
     let targets = runner.rollback_targets(args.to).await?;
     if targets.is_empty() {
-        return Err(Error::Refused(match args.to {
-            None => "nothing to roll back: no migration is completed".into(),
-            Some(to) => format!("nothing to roll back: no migration above {to:03} is applied"),
-        }));
+        return Err(Error::Refused(crate::engine::plan::nothing_to_roll_back(
+            args.to,
+        )));
     }
     if !args.yes {
         let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();

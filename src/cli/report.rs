@@ -94,10 +94,7 @@ pub(super) fn print_report_json(report: &RunReport, error: Option<&Error>) {
 /// `rollback --dry-run`: each migration that would be reverted and what it would restore.
 pub(super) fn print_rollback_preview(previews: &[RollbackPreview], to: Option<u32>) {
     if previews.is_empty() {
-        match to {
-            None => out!("nothing to roll back: no migration is completed"),
-            Some(to) => out!("nothing to roll back: no migration above {to:03} is applied"),
-        }
+        out!("{}", crate::engine::plan::nothing_to_roll_back(to));
     }
     for p in previews {
         let m = &p.status;

@@ -312,6 +312,14 @@ pub fn rollback_targets(plan: Vec<MigrationStatus>, to: Option<u32>) -> Vec<Migr
     }
 }
 
+/// Why `rollback` (with `--to`, when given) has nothing to revert.
+pub fn nothing_to_roll_back(to: Option<u32>) -> String {
+    match to {
+        None => "nothing to roll back: no migration is completed".into(),
+        Some(to) => format!("nothing to roll back: no migration above {to:03} is applied"),
+    }
+}
+
 /// What `baseline --to` marks applied: every migration up to `to` that is not applied yet.
 /// Refused, with nothing marked, when one of them is interrupted or its rollback is, since
 /// its partial writes would then be recorded as a whole migration.

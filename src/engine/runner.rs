@@ -223,7 +223,7 @@ impl MigrationRunner {
         let mut applied = self.rollback_to(None).await?;
         applied
             .pop()
-            .ok_or_else(|| Error::Refused("nothing to roll back: no migration is completed".into()))
+            .ok_or_else(|| Error::Refused(plan::nothing_to_roll_back(None)))
     }
 
     /// Reverts, newest first, what [`plan::rollback_targets`] names: the last migration touched
@@ -284,10 +284,7 @@ impl MigrationRunner {
         let (plan, _) = self.adopt(self.plan().await?).await?;
         let targets = plan::rollback_targets(plan, to);
         if targets.is_empty() {
-            return Err(Error::Refused(match to {
-                None => "nothing to roll back: no migration is completed".into(),
-                Some(to) => format!("nothing to roll back: no migration above {to:03} is applied"),
-            }));
+            return Err(Error::Refused(plan::nothing_to_roll_back(to)));
         }
         // Everything is checked before anything is reverted, so a refusal changes nothing.
         let drifted: Vec<&str> = targets

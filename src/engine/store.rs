@@ -200,17 +200,8 @@ impl Store {
     /// Stores the backfill resume point.
     pub async fn save_checkpoint(&self, name: &str, mut checkpoint: Document) -> Result<()> {
         checkpoint.insert("updatedAt", DateTime::now());
-        let update = doc! { "$set": { "checkpoint": checkpoint } };
-        idempotent(|| {
-            self.update_record(
-                name,
-                update.clone(),
-                false,
-                false,
-                format!("saving the checkpoint of {name}"),
-            )
-        })
-        .await
+        self.set_retried(name, doc! { "checkpoint": checkpoint }, "checkpoint")
+            .await
     }
 
     /// Stores the live progress (`progress`, stamped with `heartbeatAt`) and, when given, the
@@ -228,6 +219,12 @@ impl Store {
             checkpoint.insert("updatedAt", now);
             set.insert("checkpoint", checkpoint);
         }
+        self.set_retried(name, set, "progress").await
+    }
+
+    /// Sets `set` on `name`'s record (fenced), retried through transient errors: a plain `$set`
+    /// is safe to repeat.
+    async fn set_retried(&self, name: &str, set: Document, what: &str) -> Result<()> {
         let update = doc! { "$set": set };
         idempotent(|| {
             self.update_record(
@@ -235,7 +232,7 @@ impl Store {
                 update.clone(),
                 false,
                 false,
-                format!("saving the progress of {name}"),
+                format!("saving the {what} of {name}"),
             )
         })
         .await
@@ -318,38 +315,10 @@ impl Store {
     /// `adoptedAt`, so drift is detected from now on. Every adoption appends a history entry.
     pub async fn adopt(&self, name: &str, checksum: &str, from: &[String]) -> Result<()> {
         let what = || format!("adopting the record of {name}");
+        let find = |n: &str| self.coll.find_one(doc! { "name": n });
+        let mut own = find(name).await.map_err(Error::db(what()))?.is_some();
         for legacy in from.iter().filter(|f| f.as_str() != name) {
-            let own = self
-                .coll
-                .find_one(doc! { "name": name })
-                .await
-                .map_err(Error::db(what()))?;
-            if own.is_some() {
-                let Some(mut old) = self
-                    .coll
-                    .find_one(doc! { "name": legacy })
-                    .await
-                    .map_err(Error::db(what()))?
-                else {
-                    continue;
-                };
-                old.remove("_id");
-                let mut entry = self.admin_entry("adopt", "merged");
-                entry.insert("from", legacy);
-                entry.insert("record", old);
-                self.update_record(
-                    name,
-                    doc! { "$push": { "history": entry }, "$set": {} },
-                    false,
-                    true,
-                    what(),
-                )
-                .await?;
-                self.coll
-                    .delete_one(doc! { "name": legacy })
-                    .await
-                    .map_err(Error::db(what()))?;
-            } else {
+            if !own {
                 self.coll
                     .update_one(
                         doc! { "name": legacy },
@@ -357,14 +326,30 @@ impl Store {
                     )
                     .await
                     .map_err(Error::db(what()))?;
+                own = true;
+                continue;
             }
+            let Some(mut old) = find(legacy).await.map_err(Error::db(what()))? else {
+                continue;
+            };
+            old.remove("_id");
+            let mut entry = self.admin_entry("adopt", "merged");
+            entry.insert("from", legacy);
+            entry.insert("record", old);
+            self.update_record(
+                name,
+                doc! { "$push": { "history": entry }, "$set": {} },
+                false,
+                true,
+                what(),
+            )
+            .await?;
+            self.coll
+                .delete_one(doc! { "name": legacy })
+                .await
+                .map_err(Error::db(what()))?;
         }
-        let Some(record) = self
-            .coll
-            .find_one(doc! { "name": name })
-            .await
-            .map_err(Error::db(what()))?
-        else {
+        let Some(record) = find(name).await.map_err(Error::db(what()))? else {
             return Ok(());
         };
         let status = record.get_str("status").unwrap_or("").to_string();

@@ -38,11 +38,7 @@ impl MigrationRunner {
         let mut previews = Vec::new();
         for status in self.rollback_targets(to).await? {
             let images = crate::engine::backfill::images_summary(&self.db, &status.name).await?;
-            let reversible = self
-                .migrations
-                .iter()
-                .find(|m| m.name == status.name)
-                .is_some_and(|m| m.migration.reversible());
+            let reversible = self.registered(&status.name).migration.reversible();
             previews.push(RollbackPreview {
                 partial: matches!(
                     status.state,

@@ -10,14 +10,18 @@ use crate::engine::store::Actor;
 use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::Database;
 
-/// The server's clock (`hello.localTime`), else this host's: leases and heartbeats are the
-/// server's times, so their age is judged by its clock.
-pub async fn server_now(db: &Database) -> DateTime {
+/// The server's clock (`hello.localTime`), when it reports one.
+pub async fn server_time(db: &Database) -> Option<DateTime> {
     db.run_command(doc! { "hello": 1 })
         .await
         .ok()
         .and_then(|r| r.get_datetime("localTime").ok().copied())
-        .unwrap_or_else(DateTime::now)
+}
+
+/// The server's clock, else this host's: leases and heartbeats are the server's times, so their
+/// age is judged by its clock.
+pub async fn server_now(db: &Database) -> DateTime {
+    server_time(db).await.unwrap_or_else(DateTime::now)
 }
 
 /// Whether the holder of `lock` is alive: its lease has not expired (by the server's clock

@@ -99,12 +99,10 @@ static SERVER_OFFSET_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::Atomi
 /// not report it leaves this host's clock in use.
 pub async fn align_clock(db: &Database) {
     let local = DateTime::now().timestamp_millis();
-    if let Ok(reply) = db.run_command(doc! { "hello": 1 }).await {
-        if let Ok(server) = reply.get_datetime("localTime") {
-            let after = DateTime::now().timestamp_millis();
-            let offset = server.timestamp_millis() - (local + after) / 2;
-            SERVER_OFFSET_MS.store(offset, std::sync::atomic::Ordering::Relaxed);
-        }
+    if let Some(server) = crate::engine::liveness::server_time(db).await {
+        let after = DateTime::now().timestamp_millis();
+        let offset = server.timestamp_millis() - (local + after) / 2;
+        SERVER_OFFSET_MS.store(offset, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

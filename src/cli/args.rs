@@ -170,6 +170,12 @@ pub(super) struct UpArgs {
         env = "MIGRATE_CATCH_UP"
     )]
     pub(super) catch_up: crate::engine::backfill::CatchUpMode,
+    /// Write each backfill batch guarded per document and read back, never in a transaction.
+    /// By default a batch is read, imaged and written in one transaction where the deployment
+    /// has them (replica sets, sharded clusters): exact and fast even while the application
+    /// writes, but each batch holds its documents until it commits
+    #[arg(long, env = "MIGRATE_NO_TRANSACTIONS")]
+    pub(super) no_transactions: bool,
     #[command(flatten)]
     pub(super) lock: LockArgs,
 }

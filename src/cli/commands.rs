@@ -63,6 +63,7 @@ pub(super) async fn up(db: mongodb::Database, config: &Config, args: UpArgs) -> 
             .then(|| Arc::new(Bar) as Arc<dyn ProgressView>),
         to: args.to,
         catch_up: args.catch_up,
+        transactions: !args.no_transactions,
         ..RunOptions::default()
     };
     lock_options(&mut options, &args.lock);

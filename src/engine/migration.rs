@@ -105,6 +105,9 @@ pub struct RunOptions {
     /// How backfills catch up with concurrent writes (`auto`: the change stream when there is
     /// one; `passes`: passes over the candidates after the scan).
     pub catch_up: crate::engine::backfill::CatchUpMode,
+    /// Write fast-path batches in transactions where the deployment has them (each batch read,
+    /// imaged and written in one snapshot); off, they are guarded per field and read back.
+    pub transactions: bool,
 }
 
 impl Default for RunOptions {
@@ -128,6 +131,7 @@ impl Default for RunOptions {
             progress_view: None,
             to: None,
             catch_up: crate::engine::backfill::CatchUpMode::default(),
+            transactions: true,
         }
     }
 }

@@ -22,6 +22,8 @@ pub struct Stats {
     pub conflicts: u64,
     /// Batches written.
     pub batches: u64,
+    /// Of those, batches read, imaged and written in one transaction.
+    pub in_transactions: u64,
     /// Invalid documents by reason.
     pub invalid_reasons: Document,
     /// `{_id, reason}` of the first invalid documents.
@@ -90,6 +92,7 @@ impl Stats {
         self.invalid += other.invalid;
         self.conflicts += other.conflicts;
         self.batches += other.batches;
+        self.in_transactions += other.in_transactions;
         for (reason, n) in other.invalid_reasons {
             let total =
                 self.invalid_reasons.get_i64(&reason).unwrap_or(0) + n.as_i64().unwrap_or(0);
@@ -144,6 +147,9 @@ impl Stats {
             "conflicts": self.conflicts as i64,
             "batches": self.batches as i64,
         };
+        if self.in_transactions > 0 {
+            d.insert("batchesInTransactions", self.in_transactions as i64);
+        }
         if !self.invalid_reasons.is_empty() {
             d.insert("invalidReasons", self.invalid_reasons.clone());
             d.insert("invalidSamples", self.invalid_samples.clone());
@@ -166,6 +172,7 @@ impl Stats {
             invalid: n("invalid"),
             conflicts: n("conflicts"),
             batches: n("batches"),
+            in_transactions: n("batchesInTransactions"),
             invalid_reasons: d
                 .get_document("invalidReasons")
                 .cloned()

@@ -12,6 +12,7 @@
 //! per document) are the common cases written once: each is a whole [`crate::Migration`].
 
 mod add_fields;
+mod atomic;
 mod before_image;
 mod catch_up;
 mod checkpoint;

@@ -255,8 +255,9 @@ pub(super) async fn save_per_document(
 }
 
 /// The indexes that find before-images by document, made once per database and process, and
-/// only when the application writes during a run (a quiet run never pays for keeping them).
-async fn ensure_image_indexes(db: &Database, stop: &Stop) -> Result<()> {
+/// only when the application writes during a run (a quiet run never pays for keeping them), or
+/// before the scan when batches go in transactions (see `atomic::probe`).
+pub(super) async fn ensure_image_indexes(db: &Database, stop: &Stop) -> Result<()> {
     if !INDEXED
         .lock()
         .unwrap_or_else(|e| e.into_inner())

@@ -20,6 +20,11 @@ pub fn transient_retries() -> u64 {
     TRANSIENT_RETRIES.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Counts a retry made elsewhere (a transaction redone after a write conflict).
+pub fn count_retry() {
+    TRANSIENT_RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Whether `e` may pass if the operation is simply tried again.
 pub fn is_transient(e: &mongodb::error::Error) -> bool {
     if e.contains_label(RETRYABLE_WRITE_ERROR)

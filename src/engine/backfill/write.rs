@@ -119,7 +119,7 @@ pub(super) struct Planned {
 }
 
 /// Runs the transform on rayon (off the async workers) and sorts the outcomes.
-async fn plan(
+pub(super) async fn plan(
     transform: &DocTransform,
     fields: &[String],
     docs: Vec<Document>,
@@ -218,6 +218,20 @@ pub(super) fn statement(p: &Planned) -> Document {
     doc! { "q": p.guard.clone(), "u": update }
 }
 
+/// The refusal of a batch holding invalid data under `--fail-on-invalid`.
+pub(super) fn invalid_refusal(spec: &Backfill, migration: &str, stats: &Stats) -> Error {
+    Error::migration(
+    migration,
+    format!(
+    "invalid data and --fail-on-invalid is set: {} document(s) in {} cannot be migrated ({:?}), e.g. {}. Fix them, or run without --fail-on-invalid to skip and report them",
+    stats.invalid,
+    spec.collection,
+    stats.invalid_reasons,
+    Bson::Array(stats.invalid_samples.clone()).into_relaxed_extjson()
+    ),
+    )
+}
+
 /// Transforms and writes one batch of documents read by the scan.
 #[allow(clippy::too_many_arguments)]
 pub async fn client_batch(
@@ -236,16 +250,7 @@ pub async fn client_batch(
     };
     let mut planned = plan(transform, &spec.fields, docs, &mut stats).await;
     if fail_on_invalid && stats.invalid > 0 {
-        return Err(Error::migration(
-            migration,
-            format!(
-                "invalid data and --fail-on-invalid is set: {} document(s) in {} cannot be migrated ({:?}), e.g. {}. Fix them, or run without --fail-on-invalid to skip and report them",
-                stats.invalid,
-                spec.collection,
-                stats.invalid_reasons,
-                Bson::Array(stats.invalid_samples.clone()).into_relaxed_extjson()
-            ),
-        ));
+        return Err(invalid_refusal(spec, migration, &stats));
     }
     if dry_run {
         stats.modified = planned.len() as u64;

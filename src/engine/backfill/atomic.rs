@@ -1,0 +1,425 @@
+//! Fast-path batches written in one transaction: the batch's documents are read, their
+//! before-images saved and the server-side update applied in a single snapshot. What the update
+//! computes from is then exactly what was read and imaged, whatever the application writes
+//! meanwhile: a document it changes after the snapshot makes the transaction abort with a write
+//! conflict, and the batch is read and written again. So the write needs no per-document guard
+//! and no read-back, and stays exact on a live collection, where the guarded path of `write.rs`
+//! has to go document by document.
+//!
+//! Transactions need a replica set or a sharded cluster. The first batch finds out; on a
+//! standalone server every batch takes the guarded path.
+
+use super::checkpoint::Stats;
+use super::spec::{Backfill, DocTransform, FastPath};
+use super::write::{and, before_image, find_all, plan, projection, statement, Planned};
+use crate::engine::error::{Error, Result};
+use crate::engine::migration::Stop;
+use futures::TryStreamExt;
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT};
+use mongodb::options::{ReadConcern, WriteConcern};
+use mongodb::{ClientSession, Database};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// Attempts of one batch before it goes the guarded way (each failed on a write conflict: the
+/// application kept writing the batch's documents).
+const ATTEMPTS: u32 = 5;
+
+/// Whether the deployment runs transactions, shared by a run's batches (unknown until tried).
+#[derive(Clone, Default)]
+pub(super) struct Transactions(Arc<AtomicU8>);
+
+const AVAILABLE: u8 = 1;
+const UNAVAILABLE: u8 = 2;
+
+impl Transactions {
+    fn usable(&self) -> bool {
+        self.0.load(Ordering::Relaxed) != UNAVAILABLE
+    }
+
+    fn found(&self, available: bool) {
+        let state = if available { AVAILABLE } else { UNAVAILABLE };
+        if self.0.swap(state, Ordering::Relaxed) != state {
+            if available {
+                info!("fast-path batches are written in transactions");
+            } else {
+                info!("this deployment has no transactions (a standalone server): fast-path batches are guarded per field and read back");
+            }
+        }
+    }
+}
+
+/// Whether a run's batches can go in transactions: a fast path whose before-images are kept in
+/// batch chunks, transactions not turned off (`--no-transactions`), not a dry run.
+pub(super) fn applies(
+    spec: &Backfill,
+    transactions: &Transactions,
+    dry_run: bool,
+    allowed: bool,
+) -> bool {
+    allowed
+        && !dry_run
+        && spec.fast_path.is_some()
+        && spec.before_images
+        && !spec.per_document_images
+        && transactions.usable()
+}
+
+/// Whether this deployment runs transactions, found by running an empty one (after creating the
+/// before-images collection, which concurrent transactions must not each try to create).
+pub(super) async fn probe(db: &Database, transactions: &Transactions, stop: &Stop) -> bool {
+    prepare(db).await;
+    let tried = async {
+        let mut session = db.client().start_session().await?;
+        session.start_transaction().await?;
+        db.collection::<Document>(super::BEFORE_IMAGES)
+            .find_one(doc! {})
+            .session(&mut session)
+            .await?;
+        session.commit_transaction().await
+    }
+    .await;
+    match tried {
+        Ok(()) => {
+            // Built now, not when the application's first write needs them: an index built
+            // while transactions insert chunks must take in every one of them, and some
+            // servers' builds miss chunks committed meanwhile (then a chunk cannot be found
+            // by document, and a document the run wrote would not follow its inputs).
+            if let Err(e) = super::owned::ensure_image_indexes(db, stop).await {
+                warn!(error = %e, "the before-images could not be indexed; batches are written guarded");
+                transactions.found(false);
+                return false;
+            }
+            transactions.found(true)
+        }
+        Err(e) if unsupported(&e) => transactions.found(false),
+        Err(e) => {
+            warn!(error = %e, "transactions could not be tried; batches are written guarded");
+            transactions.found(false);
+        }
+    }
+    transactions.usable()
+}
+
+/// The candidates of a batch's `_id` range with the fields the transform reads, for the guarded
+/// path when a batch read as bare `_id`s cannot go in a transaction.
+pub(super) async fn read_range(
+    db: &Database,
+    spec: &Backfill,
+    scanned: &[Document],
+    stop: &Stop,
+) -> Result<Vec<Document>> {
+    let Some(range) = range_of(spec, scanned) else {
+        return Ok(Vec::new());
+    };
+    let coll = db.collection::<Document>(&spec.collection);
+    find_all(
+        &coll,
+        range,
+        &projection(&spec.fields),
+        "reading a batch's candidates",
+        stop,
+    )
+    .await
+}
+
+/// The candidates from the first to the last `_id` of a scanned batch.
+fn range_of(spec: &Backfill, scanned: &[Document]) -> Option<Document> {
+    let id = |d: Option<&Document>| d.and_then(|d| d.get("_id")).cloned();
+    let (first, last) = (id(scanned.first())?, id(scanned.last())?);
+    Some(and(vec![
+        doc! { "_id": { "$gte": first, "$lte": last } },
+        spec.filter.clone(),
+    ]))
+}
+
+/// Creates the before-images collection if it is missing.
+async fn prepare(db: &Database) {
+    let names = db
+        .list_collection_names()
+        .filter(doc! { "name": super::BEFORE_IMAGES })
+        .await
+        .unwrap_or_default();
+    if names.is_empty() {
+        if let Err(e) = db.create_collection(super::BEFORE_IMAGES).await {
+            // Another run created it first (NamespaceExists), or the server refused: the
+            // transactions then create it, retrying on the conflict.
+            tracing::debug!(error = %e, "creating the before-images collection");
+        }
+    }
+}
+
+/// What one transaction did.
+enum Attempt {
+    Committed(Box<Stats>),
+    /// The server could not do the batch this way (it refused a statement, or the snapshot did
+    /// not hold what was read): nothing was written, and the guarded path takes the batch.
+    NotHere(String),
+}
+
+/// Writes the scan batch `scanned` (read by the scan's cursor, in `_id` order) in a transaction.
+/// `None` when the guarded path must take it: no transactions here, or the documents kept
+/// changing.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn transaction_batch(
+    db: &Database,
+    spec: &Backfill,
+    transform: &DocTransform,
+    scanned: &[Document],
+    transactions: &Transactions,
+    migration: &str,
+    fail_on_invalid: bool,
+    stop: &Stop,
+) -> Result<Option<Stats>> {
+    let fast = spec.fast_path.as_ref().expect("applies() checked");
+    let Some(range) = range_of(spec, scanned) else {
+        return Ok(Some(Stats::default()));
+    };
+    let mut delay = Duration::from_millis(20);
+    for attempt in 1..=ATTEMPTS {
+        let outcome = attempt_once(
+            db,
+            spec,
+            transform,
+            fast,
+            &range,
+            migration,
+            fail_on_invalid,
+        )
+        .await;
+        match outcome {
+            Ok(Attempt::Committed(stats)) => {
+                let mut stats = *stats;
+                transactions.found(true);
+                account_for(&mut stats, scanned);
+                return Ok(Some(stats));
+            }
+            Ok(Attempt::NotHere(why)) => {
+                warn!(collection = %spec.collection, reason = %why, "a batch could not be written in a transaction; writing it guarded");
+                return Ok(None);
+            }
+            Err(Failed::Unsupported) => {
+                transactions.found(false);
+                return Ok(None);
+            }
+            Err(Failed::Db(e)) if retryable(&e) && attempt < ATTEMPTS => {
+                // A conflict says the application is writing these documents: the batch-size
+                // tuner takes it as it takes a retried failure, and halves the batches.
+                super::retry::count_retry();
+                tracing::debug!(attempt, error = %e, "batch transaction aborted; redoing it");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    // Stopping: the guarded path finishes the batch, as every batch in flight.
+                    _ = stop.stopped() => return Ok(None),
+                }
+                delay *= 3;
+            }
+            Err(Failed::Db(e)) if retryable(&e) => {
+                warn!(collection = %spec.collection, error = %e, "a batch kept conflicting with concurrent writes; writing it guarded");
+                return Ok(None);
+            }
+            Err(Failed::Db(e)) => return Err(Error::db("writing a batch in a transaction")(e)),
+            Err(Failed::Refused(e)) => return Err(e),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// Every document the scan read counts as scanned (the scan reads them all, candidates or not),
+/// and those that needed no change as unchanged.
+fn account_for(stats: &mut Stats, scanned: &[Document]) {
+    stats.scanned = stats.scanned.max(scanned.len() as u64);
+    stats.unchanged = stats
+        .scanned
+        .saturating_sub(stats.modified + stats.invalid + stats.conflicts);
+}
+
+enum Failed {
+    /// The deployment has no transactions.
+    Unsupported,
+    Db(mongodb::error::Error),
+    /// The migration's own refusal (invalid data under `--fail-on-invalid`).
+    Refused(Error),
+}
+
+impl From<mongodb::error::Error> for Failed {
+    fn from(e: mongodb::error::Error) -> Self {
+        if unsupported(&e) {
+            Failed::Unsupported
+        } else {
+            Failed::Db(e)
+        }
+    }
+}
+
+/// IllegalOperation ("Transaction numbers are only allowed on a replica set member or mongos"),
+/// or a driver that sees no session support.
+fn unsupported(e: &mongodb::error::Error) -> bool {
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) => c.code == 20,
+        ErrorKind::SessionsNotSupported => true,
+        ErrorKind::Transaction { message, .. } => message.contains("replica set"),
+        _ => false,
+    }
+}
+
+/// A write conflict, a failover, or a commit whose outcome is unknown: the batch is read and
+/// written again (a committed batch leaves no candidates to write twice).
+fn retryable(e: &mongodb::error::Error) -> bool {
+    e.contains_label(TRANSIENT_TRANSACTION_ERROR)
+        || e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
+        || super::retry::is_transient(e)
+}
+
+async fn attempt_once(
+    db: &Database,
+    spec: &Backfill,
+    transform: &DocTransform,
+    fast: &FastPath,
+    range: &Document,
+    migration: &str,
+    fail_on_invalid: bool,
+) -> std::result::Result<Attempt, Failed> {
+    let mut session = db.client().start_session().await?;
+    session
+        .start_transaction()
+        .read_concern(ReadConcern::snapshot())
+        .write_concern(WriteConcern::majority())
+        .await?;
+    let result = in_transaction(
+        db,
+        &mut session,
+        spec,
+        transform,
+        fast,
+        range,
+        migration,
+        fail_on_invalid,
+    )
+    .await;
+    match result {
+        Ok(Attempt::Committed(stats)) => {
+            session.commit_transaction().await?;
+            Ok(Attempt::Committed(stats))
+        }
+        other => {
+            // Nothing of the batch stays: the snapshot's writes go with the transaction.
+            let _ = session.abort_transaction().await;
+            other
+        }
+    }
+}
+
+/// Reads, images and writes the batch; the caller commits.
+#[allow(clippy::too_many_arguments)]
+async fn in_transaction(
+    db: &Database,
+    session: &mut ClientSession,
+    spec: &Backfill,
+    transform: &DocTransform,
+    fast: &FastPath,
+    range: &Document,
+    migration: &str,
+    fail_on_invalid: bool,
+) -> std::result::Result<Attempt, Failed> {
+    let coll = db.collection::<Document>(&spec.collection);
+    let docs: Vec<Document> = coll
+        .find(range.clone())
+        .projection(projection(&spec.fields))
+        .session(&mut *session)
+        .await?
+        .stream(&mut *session)
+        .try_collect()
+        .await?;
+    let read: Vec<Bson> = docs.iter().filter_map(|d| d.get("_id").cloned()).collect();
+    let mut stats = Stats {
+        batches: 1,
+        in_transactions: 1,
+        ..Default::default()
+    };
+    let planned = plan(transform, &spec.fields, docs, &mut stats).await;
+    if fail_on_invalid && stats.invalid > 0 {
+        return Err(Failed::Refused(super::write::invalid_refusal(
+            spec, migration, &stats,
+        )));
+    }
+    stats.scanned = read.len() as u64;
+    if planned.is_empty() {
+        return Ok(Attempt::Committed(Box::new(stats)));
+    }
+    let (quick, one_by_one): (Vec<&Planned>, Vec<&Planned>) =
+        planned.iter().partition(|p| (fast.exact_for)(&p.before));
+    let entries: Vec<Bson> = planned
+        .iter()
+        .map(|p| Bson::Document(before_image(p)))
+        .collect();
+    db.collection::<Document>(super::BEFORE_IMAGES)
+        .insert_one(doc! {
+            "migration": migration,
+            "collection": &spec.collection,
+            "createdAt": super::before_image::chunk_time(),
+            "entries": entries,
+        })
+        .session(&mut *session)
+        .await?;
+    let mut statements: Vec<Document> = one_by_one.iter().map(|p| statement(p)).collect();
+    if !quick.is_empty() {
+        statements.push(doc! {
+            "q": quick_filter(range, &read, &quick),
+            "u": fast.pipeline.clone(),
+            "multi": true,
+        });
+    }
+    let reply = db
+        .run_command(doc! { "update": &spec.collection, "updates": statements, "ordered": false })
+        .session(&mut *session)
+        .await?;
+    if let Ok(errors) = reply.get_array("writeErrors") {
+        let first = errors
+            .first()
+            .and_then(Bson::as_document)
+            .and_then(|e| e.get_str("errmsg").ok())
+            .unwrap_or("unknown");
+        return Ok(Attempt::NotHere(format!(
+            "the server refused a write: {first}"
+        )));
+    }
+    let matched = super::checkpoint::int(&reply, "n");
+    if matched != planned.len() as u64 {
+        // In one snapshot every statement matches what was read; anything else means this
+        // deployment's transactions do not isolate, and the guarded path must take the batch.
+        return Ok(Attempt::NotHere(format!(
+            "the update matched {matched} of the {} documents read in the same snapshot",
+            planned.len()
+        )));
+    }
+    stats.modified = super::checkpoint::int(&reply, "nModified");
+    Ok(Attempt::Committed(Box::new(stats)))
+}
+
+/// The fast statement's filter: the batch's range of candidates without the other documents the
+/// snapshot read there (invalid, already right, or computed in Rust), or the documents one by one
+/// when those others are many (a long `$nin` costs more than `$in`).
+fn quick_filter(range: &Document, read: &[Bson], quick: &[&Planned]) -> Document {
+    let written: HashSet<Vec<u8>> = quick
+        .iter()
+        .map(|p| super::catch_up::key_of(&p.id))
+        .collect();
+    let others: Vec<Bson> = read
+        .iter()
+        .filter(|id| !written.contains(&super::catch_up::key_of(id)))
+        .cloned()
+        .collect();
+    if others.is_empty() {
+        range.clone()
+    } else if others.len() * 4 <= quick.len() {
+        and(vec![range.clone(), doc! { "_id": { "$nin": others } }])
+    } else {
+        let ids: Vec<Bson> = quick.iter().map(|p| p.id.clone()).collect();
+        and(vec![range.clone(), doc! { "_id": { "$in": ids } }])
+    }
+}

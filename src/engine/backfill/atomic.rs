@@ -29,21 +29,75 @@ use tracing::{info, warn};
 /// application kept writing the batch's documents).
 const ATTEMPTS: u32 = 5;
 
-/// Whether the deployment runs transactions, shared by a run's batches (unknown until tried).
+/// Whether the deployment runs transactions, shared by a run's batches (unknown until tried),
+/// and the sessions the batches run them in.
+///
+/// The sessions are made before the scan, one per batch in flight, and their ids go into every
+/// checkpoint: a run killed with a transaction open leaves it holding its documents until the
+/// server's transaction lifetime runs out (60 s on MongoDB), blocking the application's writes to
+/// them and the resumed run; the resumed run ends those transactions first (`killSessions`).
 #[derive(Clone, Default)]
-pub(super) struct Transactions(Arc<AtomicU8>);
+pub(super) struct Transactions {
+    state: Arc<AtomicU8>,
+    sessions: Arc<tokio::sync::Mutex<Vec<ClientSession>>>,
+    ids: Arc<std::sync::Mutex<Vec<Document>>>,
+}
+
+/// Checkpoint field holding the ids of the sessions a run's transactions use.
+const SESSIONS: &str = "transactionSessions";
 
 const AVAILABLE: u8 = 1;
 const UNAVAILABLE: u8 = 2;
 
 impl Transactions {
     fn usable(&self) -> bool {
-        self.0.load(Ordering::Relaxed) != UNAVAILABLE
+        self.state.load(Ordering::Relaxed) != UNAVAILABLE
+    }
+
+    /// `checkpoint` with the ids of this run's sessions.
+    pub(super) fn tagged(&self, mut checkpoint: Document) -> Document {
+        let ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        if !ids.is_empty() {
+            checkpoint.insert(
+                SESSIONS,
+                ids.iter().cloned().map(Bson::Document).collect::<Vec<_>>(),
+            );
+        }
+        checkpoint
+    }
+
+    async fn take(&self, db: &Database) -> mongodb::error::Result<ClientSession> {
+        loop {
+            if let Some(session) = self.sessions.lock().await.pop() {
+                return Ok(session);
+            }
+            if self
+                .ids
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+            {
+                // No pool (sessions could not be made up front): one session per attempt.
+                return db.client().start_session().await;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    async fn give_back(&self, session: ClientSession) {
+        if !self
+            .ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+        {
+            self.sessions.lock().await.push(session);
+        }
     }
 
     fn found(&self, available: bool) {
         let state = if available { AVAILABLE } else { UNAVAILABLE };
-        if self.0.swap(state, Ordering::Relaxed) != state {
+        if self.state.swap(state, Ordering::Relaxed) != state {
             if available {
                 info!("fast-path batches are written in transactions");
             } else {
@@ -71,7 +125,12 @@ pub(super) fn applies(
 
 /// Whether this deployment runs transactions, found by running an empty one (after creating the
 /// before-images collection, which concurrent transactions must not each try to create).
-pub(super) async fn probe(db: &Database, transactions: &Transactions, stop: &Stop) -> bool {
+pub(super) async fn probe(
+    db: &Database,
+    transactions: &Transactions,
+    in_flight: usize,
+    stop: &Stop,
+) -> bool {
     prepare(db).await;
     let tried = async {
         let mut session = db.client().start_session().await?;
@@ -94,6 +153,19 @@ pub(super) async fn probe(db: &Database, transactions: &Transactions, stop: &Sto
                 transactions.found(false);
                 return false;
             }
+            for _ in 0..in_flight.max(1) {
+                match db.client().start_session().await {
+                    Ok(session) => {
+                        transactions
+                            .ids
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(session.id().clone());
+                        transactions.sessions.lock().await.push(session);
+                    }
+                    Err(e) => warn!(error = %e, "a session could not be made"),
+                }
+            }
             transactions.found(true)
         }
         Err(e) if unsupported(&e) => transactions.found(false),
@@ -103,6 +175,32 @@ pub(super) async fn probe(db: &Database, transactions: &Transactions, stop: &Sto
         }
     }
     transactions.usable()
+}
+
+/// Ends the transactions a killed run left open (their sessions are named in its checkpoint), so
+/// they stop holding their documents now rather than when the server's transaction lifetime runs
+/// out. Killing a session that is gone or was never used is harmless.
+pub(super) async fn end_abandoned(db: &Database, checkpoint: &Document) {
+    let Ok(ids) = checkpoint.get_array(SESSIONS) else {
+        return;
+    };
+    if ids.is_empty() {
+        return;
+    }
+    match db
+        .client()
+        .database("admin")
+        .run_command(doc! { "killSessions": ids.clone() })
+        .await
+    {
+        Ok(_) => info!(
+            sessions = ids.len(),
+            "ended the transactions the interrupted run left open"
+        ),
+        Err(e) => {
+            warn!(error = %e, "the interrupted run's sessions could not be ended; its open transactions hold their documents until the server ends them")
+        }
+    }
 }
 
 /// The candidates of a batch's `_id` range with the fields the transform reads, for the guarded
@@ -183,6 +281,7 @@ pub(super) async fn transaction_batch(
     for attempt in 1..=ATTEMPTS {
         let outcome = attempt_once(
             db,
+            transactions,
             spec,
             transform,
             fast,
@@ -275,8 +374,10 @@ fn retryable(e: &mongodb::error::Error) -> bool {
         || super::retry::is_transient(e)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn attempt_once(
     db: &Database,
+    transactions: &Transactions,
     spec: &Backfill,
     transform: &DocTransform,
     fast: &FastPath,
@@ -284,7 +385,33 @@ async fn attempt_once(
     migration: &str,
     fail_on_invalid: bool,
 ) -> std::result::Result<Attempt, Failed> {
-    let mut session = db.client().start_session().await?;
+    let mut session = transactions.take(db).await?;
+    let outcome = attempt_in(
+        db,
+        &mut session,
+        spec,
+        transform,
+        fast,
+        range,
+        migration,
+        fail_on_invalid,
+    )
+    .await;
+    transactions.give_back(session).await;
+    outcome
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn attempt_in(
+    db: &Database,
+    session: &mut ClientSession,
+    spec: &Backfill,
+    transform: &DocTransform,
+    fast: &FastPath,
+    range: &Document,
+    migration: &str,
+    fail_on_invalid: bool,
+) -> std::result::Result<Attempt, Failed> {
     session
         .start_transaction()
         .read_concern(ReadConcern::snapshot())
@@ -292,7 +419,7 @@ async fn attempt_once(
         .await?;
     let result = in_transaction(
         db,
-        &mut session,
+        session,
         spec,
         transform,
         fast,

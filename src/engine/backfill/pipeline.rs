@@ -66,8 +66,12 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
     // Batches written in transactions read their range's candidates themselves, so the scan
     // reads bare `_id`s of every document: such a cursor opens at a fraction of the cost of one
     // the server must filter first, and the filter is evaluated once, by the transaction.
-    let ids_only = atomic::applies(spec, &transactions, dry_run, options.transactions)
-        && atomic::probe(ctx.db(), &transactions, ctx.stop()).await;
+    let ids_only = atomic::applies(spec, &transactions, dry_run, options.transactions) && {
+        if let Some(checkpoint) = ctx.checkpoint() {
+            atomic::end_abandoned(ctx.db(), checkpoint).await;
+        }
+        atomic::probe(ctx.db(), &transactions, options.concurrency, ctx.stop()).await
+    };
     // Opened before the scan reads anything, so no write after the scan's first read is missed.
     let catch_up = spec
         .catch_up
@@ -80,6 +84,11 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
         _ => None,
     };
     let mut token = watcher.as_ref().and(saved_token);
+    if ids_only && spec.checkpoints {
+        // The sessions are on record before any transaction opens, for a resume to end them.
+        ctx.save_checkpoint(transactions.tagged(to_checkpoint(&position, &stats, token.as_ref())))
+            .await?;
+    }
     let total = coll.estimated_document_count().await.unwrap_or(0);
     let view = options
         .progress_view
@@ -219,7 +228,7 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
             // The checkpoint and the live progress in one write.
             let checkpoint = spec
                 .checkpoints
-                .then(|| to_checkpoint(&written, &stats, token.as_ref()));
+                .then(|| transactions.tagged(to_checkpoint(&written, &stats, token.as_ref())));
             let live =
                 progress.record(&stats, governor.batch_size(), &governor.view(), ctx.actor());
             ctx.save_progress(checkpoint, live).await?;

@@ -294,7 +294,7 @@ pub(super) async fn transaction_batch(
             Ok(Attempt::Committed(stats)) => {
                 let mut stats = *stats;
                 transactions.found(true);
-                account_for(&mut stats, scanned);
+                account_for(&mut stats);
                 return Ok(Some(stats));
             }
             Ok(Attempt::NotHere(why)) => {
@@ -328,10 +328,9 @@ pub(super) async fn transaction_batch(
     unreachable!("the last attempt returns")
 }
 
-/// Every document the scan read counts as scanned (the scan reads them all, candidates or not),
-/// and those that needed no change as unchanged.
-fn account_for(stats: &mut Stats, scanned: &[Document]) {
-    stats.scanned = stats.scanned.max(scanned.len() as u64);
+/// `scanned` counts the candidates the transaction read (as a filtered scan would), and those
+/// that needed no change are unchanged.
+fn account_for(stats: &mut Stats) {
     stats.unchanged = stats
         .scanned
         .saturating_sub(stats.modified + stats.invalid + stats.conflicts);

@@ -6,8 +6,9 @@
 //! and no read-back, and stays exact on a live collection, where the guarded path of `write.rs`
 //! has to go document by document.
 //!
-//! Transactions need a replica set or a sharded cluster. The first batch finds out; on a
-//! standalone server every batch takes the guarded path.
+//! Transactions need a replica set or a sharded cluster. An empty transaction before the scan
+//! finds out; on a standalone server (or with `--no-transactions`) every batch takes the guarded
+//! path, and the scan reads the fields it needs instead of bare `_id`s.
 
 use super::checkpoint::Stats;
 use super::spec::{Backfill, DocTransform, FastPath};
@@ -125,12 +126,7 @@ pub(super) fn applies(
 
 /// Whether this deployment runs transactions, found by running an empty one (after creating the
 /// before-images collection, which concurrent transactions must not each try to create).
-pub(super) async fn probe(
-    db: &Database,
-    transactions: &Transactions,
-    in_flight: usize,
-    stop: &Stop,
-) -> bool {
+pub(super) async fn probe(db: &Database, transactions: &Transactions, in_flight: usize) -> bool {
     prepare(db).await;
     let tried = async {
         let mut session = db.client().start_session().await?;
@@ -144,15 +140,6 @@ pub(super) async fn probe(
     .await;
     match tried {
         Ok(()) => {
-            // Built now, not when the application's first write needs them: an index built
-            // while transactions insert chunks must take in every one of them, and some
-            // servers' builds miss chunks committed meanwhile (then a chunk cannot be found
-            // by document, and a document the run wrote would not follow its inputs).
-            if let Err(e) = super::owned::ensure_image_indexes(db, stop).await {
-                warn!(error = %e, "the before-images could not be indexed; batches are written guarded");
-                transactions.found(false);
-                return false;
-            }
             for _ in 0..in_flight.max(1) {
                 match db.client().start_session().await {
                     Ok(session) => {
@@ -384,6 +371,8 @@ async fn attempt_once(
     migration: &str,
     fail_on_invalid: bool,
 ) -> std::result::Result<Attempt, Failed> {
+    // No before-images index is built while this transaction inserts its chunk.
+    let _chunk = super::owned::IMAGE_INDEX_BUILD.read().await;
     let mut session = transactions.take(db).await?;
     let outcome = attempt_in(
         db,

@@ -254,15 +254,28 @@ pub(super) async fn save_per_document(
     Ok(())
 }
 
-/// The indexes that find before-images by document, made once per database and process, and
-/// only when the application writes during a run (a quiet run never pays for keeping them), or
-/// before the scan when batches go in transactions (see `atomic::probe`).
-pub(super) async fn ensure_image_indexes(db: &Database, stop: &Stop) -> Result<()> {
-    if !INDEXED
+/// Batch transactions insert their chunks under the read side; the before-images indexes are
+/// built under the write side, so no transaction inserts a chunk while they are built (some
+/// servers' index builds miss documents committed by transactions meanwhile, and a chunk a
+/// lookup by document cannot find leaves a document the run wrote behind its inputs).
+pub(super) static IMAGE_INDEX_BUILD: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+fn indexed(db: &Database) -> bool {
+    INDEXED
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(db.name().to_string())
-    {
+        .contains(db.name())
+}
+
+/// The indexes that find before-images by document, made once per database and process, and
+/// only when the application writes during a run (a quiet run never pays for keeping them).
+/// Callers wait for a build in progress rather than query a half-built index.
+async fn ensure_image_indexes(db: &Database, stop: &Stop) -> Result<()> {
+    if indexed(db) {
+        return Ok(());
+    }
+    let _building = IMAGE_INDEX_BUILD.write().await;
+    if indexed(db) {
         return Ok(());
     }
     let images = db.collection::<Document>(super::BEFORE_IMAGES);
@@ -278,5 +291,9 @@ pub(super) async fn ensure_image_indexes(db: &Database, stop: &Stop) -> Result<(
         images.create_indexes(indexes.clone())
     })
     .await?;
+    INDEXED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(db.name().to_string());
     Ok(())
 }

@@ -70,7 +70,7 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
         if let Some(checkpoint) = ctx.checkpoint() {
             atomic::end_abandoned(ctx.db(), checkpoint).await;
         }
-        atomic::probe(ctx.db(), &transactions, options.concurrency, ctx.stop()).await
+        atomic::probe(ctx.db(), &transactions, options.concurrency).await
     };
     // Opened before the scan reads anything, so no write after the scan's first read is missed.
     let catch_up = spec

@@ -396,6 +396,51 @@ async fn sigkill_during_the_drain_with_a_writer_resumes_from_the_token_and_ends_
 }
 
 #[tokio::test]
+async fn rollback_after_sigkill_ends_the_open_batch_transactions_and_restores_exactly() {
+    let (t, before) = prepared("killrollback", 9).await;
+    let writer = Writer::start(&t, 0x9999);
+    let mut run = Running::start(
+        &t,
+        &[
+            "up",
+            "--batch-size",
+            "500",
+            "--concurrency",
+            "3",
+            "--max-docs-per-sec",
+            RATE,
+            "--no-progress",
+        ],
+    );
+    let reached = run.wait_for(async || scanned(&t).await >= USERS / 3).await;
+    assert!(reached, "migrate ended before it could be killed");
+    run.kill().await;
+    writer.stop().await;
+    let sessions_named = checkpoint(&t)
+        .await
+        .is_some_and(|cp| cp.contains_key("transactionSessions"));
+    let out = migrate(&t, &["rollback", "--yes"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    if sessions_named {
+        // The killed run's transactions are ended before the rollback restores anything, so
+        // it never waits for the server to end them.
+        assert!(
+            read(&t.log_file()).contains("ended the transactions the interrupted run left open"),
+            "{}",
+            read(&t.log_file())
+        );
+    } else {
+        assert!(
+            read(&t.log_file()).contains("this deployment has no transactions"),
+            "the checkpoint names no sessions: {:?}",
+            checkpoint(&t).await
+        );
+    }
+    assert_fields_restored(&t, &before).await;
+    t.db.drop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_failed_003_is_rolled_back_and_001_002_stay_applied() {
     let t = fresh_db("failroll").await;
     let mut docs = users(3000, 8);

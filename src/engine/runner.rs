@@ -180,6 +180,7 @@ impl MigrationRunner {
             if self.stop.is_stopped() {
                 return Err(self.stop.error());
             }
+            self.end_abandoned_transactions(entry.record.as_ref()).await;
             let checkpoint = plan::resume_point(entry, &self.options);
             let mut ctx = self.context(&entry.name, checkpoint);
             if entry.state == State::Failed {
@@ -323,6 +324,8 @@ impl MigrationRunner {
                     "undoing the partial writes of a migration that did not complete"
                 );
             }
+            self.end_abandoned_transactions(target.record.as_ref())
+                .await;
             let mut ctx = self.context(registered.name, None);
             ctx.applied_result = target.record.as_ref().and_then(|r| r.result.clone());
             applied.push(
@@ -331,6 +334,15 @@ impl MigrationRunner {
             );
         }
         Ok(applied)
+    }
+
+    /// Ends the batch transactions a killed run of this migration left open (named in its
+    /// checkpoint), before anything runs again over its documents: resumed, restarted or rolled
+    /// back, it would otherwise wait for them as long as the server lets them live.
+    async fn end_abandoned_transactions(&self, record: Option<&crate::engine::record::Record>) {
+        if let Some(checkpoint) = record.and_then(|r| r.checkpoint.as_ref()) {
+            crate::engine::backfill::end_abandoned(&self.db, checkpoint).await;
+        }
     }
 
     /// One `up` or `down`: records its start, calls it, and records how it ended (completed,

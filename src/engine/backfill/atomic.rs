@@ -167,7 +167,7 @@ pub(super) async fn probe(db: &Database, transactions: &Transactions, in_flight:
 /// Ends the transactions a killed run left open (their sessions are named in its checkpoint), so
 /// they stop holding their documents now rather than when the server's transaction lifetime runs
 /// out. Killing a session that is gone or was never used is harmless.
-pub(super) async fn end_abandoned(db: &Database, checkpoint: &Document) {
+pub(crate) async fn end_abandoned(db: &Database, checkpoint: &Document) {
     let Ok(ids) = checkpoint.get_array(SESSIONS) else {
         return;
     };

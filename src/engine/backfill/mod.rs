@@ -33,6 +33,7 @@ mod throttle;
 mod tuning;
 mod write;
 
+pub(crate) use atomic::end_abandoned;
 pub use before_image::{images_summary, restore, ImagesSummary, RestoreReport, BEFORE_IMAGES};
 pub use catch_up::CatchUpMode;
 pub use checkpoint::{int, CatchUpStats, Stats, INVALID_SAMPLES};

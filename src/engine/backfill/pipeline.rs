@@ -66,12 +66,8 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
     // Batches written in transactions read their range's candidates themselves, so the scan
     // reads bare `_id`s of every document: such a cursor opens at a fraction of the cost of one
     // the server must filter first, and the filter is evaluated once, by the transaction.
-    let ids_only = atomic::applies(spec, &transactions, dry_run, options.transactions) && {
-        if let Some(checkpoint) = ctx.checkpoint() {
-            atomic::end_abandoned(ctx.db(), checkpoint).await;
-        }
-        atomic::probe(ctx.db(), &transactions, options.concurrency).await
-    };
+    let ids_only = atomic::applies(spec, &transactions, dry_run, options.transactions)
+        && atomic::probe(ctx.db(), &transactions, options.concurrency).await;
     // Opened before the scan reads anything, so no write after the scan's first read is missed.
     let catch_up = spec
         .catch_up

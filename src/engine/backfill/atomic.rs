@@ -126,7 +126,12 @@ pub(super) fn applies(
 
 /// Whether this deployment runs transactions, found by running an empty one (after creating the
 /// before-images collection, which concurrent transactions must not each try to create).
-pub(super) async fn probe(db: &Database, transactions: &Transactions, in_flight: usize) -> bool {
+pub(super) async fn probe(
+    db: &Database,
+    transactions: &Transactions,
+    in_flight: usize,
+    stop: &Stop,
+) -> bool {
     prepare(db).await;
     let tried = async {
         let mut session = db.client().start_session().await?;
@@ -140,6 +145,14 @@ pub(super) async fn probe(db: &Database, transactions: &Transactions, in_flight:
     .await;
     match tried {
         Ok(()) => {
+            // Built before any transaction inserts a chunk (see `owned::IMAGE_INDEX_BUILD`):
+            // a resumed run, a killed run's build, or a build started by another process then
+            // never races the inserts, and catch-up under writes finds every chunk by index.
+            if let Err(e) = super::owned::ensure_image_indexes(db, stop).await {
+                warn!(error = %e, "the before-images could not be indexed; batches are written guarded");
+                transactions.found(false);
+                return false;
+            }
             for _ in 0..in_flight.max(1) {
                 match db.client().start_session().await {
                     Ok(session) => {

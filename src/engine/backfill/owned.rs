@@ -90,20 +90,32 @@ pub(super) async fn recompute_owned(
         .filter_map(|d| d.get("_id").cloned())
         .collect();
     if !missing.is_empty() {
-        let older: Vec<Document> = with_retry("reading before-images", stop, || async {
+        // The chunks holding any of them, newest first, through the index; their entries are
+        // picked here. (Unwinding and matching on the server compares every entry of every
+        // chunk with every `_id` asked for on some servers: seconds per thousand documents.)
+        let chunks: Vec<Document> = with_retry("reading before-images", stop, || async {
             images
-                .aggregate(vec![
-                    doc! { "$match": { "migration": migration, "doc": { "$exists": false }, "entries._id": { "$in": missing.clone() } } },
-                    doc! { "$sort": super::before_image::NEWEST_FIRST.clone() },
-                    doc! { "$unwind": "$entries" },
-                    doc! { "$match": { "entries._id": { "$in": missing.clone() } } },
-                    doc! { "$replaceRoot": { "newRoot": "$entries" } },
-                ])
+                .find(doc! { "migration": migration, "doc": { "$exists": false }, "entries._id": { "$in": missing.clone() } })
+                .sort(super::before_image::NEWEST_FIRST.clone())
+                .projection(doc! { "entries": 1 })
                 .await?
                 .try_collect()
                 .await
         })
         .await?;
+        let wanted: std::collections::HashSet<Vec<u8>> =
+            missing.iter().map(super::catch_up::key_of).collect();
+        let older: Vec<Document> = chunks
+            .iter()
+            .filter_map(|c| c.get_array("entries").ok())
+            .flatten()
+            .filter_map(Bson::as_document)
+            .filter(|e| {
+                e.get("_id")
+                    .is_some_and(|id| wanted.contains(&super::catch_up::key_of(id)))
+            })
+            .cloned()
+            .collect();
         group(&mut entries, older);
     }
     recompute_with(db, spec, transform, migration, current, &entries, stop).await
@@ -267,10 +279,11 @@ fn indexed(db: &Database) -> bool {
         .contains(db.name())
 }
 
-/// The indexes that find before-images by document, made once per database and process, and
-/// only when the application writes during a run (a quiet run never pays for keeping them).
+/// The indexes that find before-images by document, made once per database and process: before
+/// the scan when batches go in transactions, otherwise only when the application writes during a
+/// run (a quiet guarded run never pays for keeping them).
 /// Callers wait for a build in progress rather than query a half-built index.
-async fn ensure_image_indexes(db: &Database, stop: &Stop) -> Result<()> {
+pub(super) async fn ensure_image_indexes(db: &Database, stop: &Stop) -> Result<()> {
     if indexed(db) {
         return Ok(());
     }

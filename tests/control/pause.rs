@@ -117,8 +117,10 @@ async fn pause_and_live_limits_under_a_concurrent_writer_still_end_with_balances
         &t,
         &[
             "up",
+            // Slow enough that the scan is still running when the pause arrives: with batches in
+            // transactions the writer no longer slows the run down.
             "--max-docs-per-sec",
-            "3000",
+            "1000",
             "--target-batch-ms",
             "100",
             "--no-progress",

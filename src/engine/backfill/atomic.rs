@@ -110,18 +110,12 @@ impl Transactions {
 
 /// Whether a run's batches can go in transactions: a fast path whose before-images are kept in
 /// batch chunks, transactions not turned off (`--no-transactions`), not a dry run.
-pub(super) fn applies(
-    spec: &Backfill,
-    transactions: &Transactions,
-    dry_run: bool,
-    allowed: bool,
-) -> bool {
+pub(super) fn applies(spec: &Backfill, dry_run: bool, allowed: bool) -> bool {
     allowed
         && !dry_run
         && spec.fast_path.is_some()
         && spec.before_images
         && !spec.per_document_images
-        && transactions.usable()
 }
 
 /// Whether this deployment runs transactions, found by running an empty one (after creating the
@@ -259,6 +253,18 @@ enum Attempt {
     NotHere(String),
 }
 
+/// What every attempt at one batch needs.
+struct Job<'a> {
+    db: &'a Database,
+    spec: &'a Backfill,
+    transform: &'a DocTransform,
+    fast: &'a FastPath,
+    /// The candidates of the batch's `_id` range.
+    range: Document,
+    migration: &'a str,
+    fail_on_invalid: bool,
+}
+
 /// Writes the scan batch `scanned` (read by the scan's cursor, in `_id` order) in a transaction.
 /// `None` when the guarded path must take it: no transactions here, or the documents kept
 /// changing.
@@ -273,27 +279,23 @@ pub(super) async fn transaction_batch(
     fail_on_invalid: bool,
     stop: &Stop,
 ) -> Result<Option<Stats>> {
-    let fast = spec.fast_path.as_ref().expect("applies() checked");
     let Some(range) = range_of(spec, scanned) else {
         return Ok(Some(Stats::default()));
     };
+    let job = Job {
+        db,
+        spec,
+        transform,
+        fast: spec.fast_path.as_ref().expect("applies() checked"),
+        range,
+        migration,
+        fail_on_invalid,
+    };
     let mut delay = Duration::from_millis(20);
     for attempt in 1..=ATTEMPTS {
-        let outcome = attempt_once(
-            db,
-            transactions,
-            spec,
-            transform,
-            fast,
-            &range,
-            migration,
-            fail_on_invalid,
-        )
-        .await;
-        match outcome {
+        match attempt_once(&job, transactions).await {
             Ok(Attempt::Committed(stats)) => {
                 let mut stats = *stats;
-                transactions.found(true);
                 account_for(&mut stats);
                 return Ok(Some(stats));
             }
@@ -373,63 +375,28 @@ fn retryable(e: &mongodb::error::Error) -> bool {
         || super::retry::is_transient(e)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn attempt_once(
-    db: &Database,
+    job: &Job<'_>,
     transactions: &Transactions,
-    spec: &Backfill,
-    transform: &DocTransform,
-    fast: &FastPath,
-    range: &Document,
-    migration: &str,
-    fail_on_invalid: bool,
 ) -> std::result::Result<Attempt, Failed> {
     // No before-images index is built while this transaction inserts its chunk.
     let _chunk = super::owned::IMAGE_INDEX_BUILD.read().await;
-    let mut session = transactions.take(db).await?;
-    let outcome = attempt_in(
-        db,
-        &mut session,
-        spec,
-        transform,
-        fast,
-        range,
-        migration,
-        fail_on_invalid,
-    )
-    .await;
+    let mut session = transactions.take(job.db).await?;
+    let outcome = attempt_in(job, &mut session).await;
     transactions.give_back(session).await;
     outcome
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn attempt_in(
-    db: &Database,
+    job: &Job<'_>,
     session: &mut ClientSession,
-    spec: &Backfill,
-    transform: &DocTransform,
-    fast: &FastPath,
-    range: &Document,
-    migration: &str,
-    fail_on_invalid: bool,
 ) -> std::result::Result<Attempt, Failed> {
     session
         .start_transaction()
         .read_concern(ReadConcern::snapshot())
         .write_concern(WriteConcern::majority())
         .await?;
-    let result = in_transaction(
-        db,
-        session,
-        spec,
-        transform,
-        fast,
-        range,
-        migration,
-        fail_on_invalid,
-    )
-    .await;
-    match result {
+    match in_transaction(job, session).await {
         Ok(Attempt::Committed(stats)) => {
             session.commit_transaction().await?;
             Ok(Attempt::Committed(stats))
@@ -443,17 +410,20 @@ async fn attempt_in(
 }
 
 /// Reads, images and writes the batch; the caller commits.
-#[allow(clippy::too_many_arguments)]
 async fn in_transaction(
-    db: &Database,
+    job: &Job<'_>,
     session: &mut ClientSession,
-    spec: &Backfill,
-    transform: &DocTransform,
-    fast: &FastPath,
-    range: &Document,
-    migration: &str,
-    fail_on_invalid: bool,
 ) -> std::result::Result<Attempt, Failed> {
+    let Job {
+        db,
+        spec,
+        transform,
+        fast,
+        migration,
+        fail_on_invalid,
+        ..
+    } = *job;
+    let range = &job.range;
     let coll = db.collection::<Document>(&spec.collection);
     let docs: Vec<Document> = coll
         .find(range.clone())

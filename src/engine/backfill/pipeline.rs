@@ -66,7 +66,7 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
     // Batches written in transactions read their range's candidates themselves, so the scan
     // reads bare `_id`s of every document: such a cursor opens at a fraction of the cost of one
     // the server must filter first, and the filter is evaluated once, by the transaction.
-    let ids_only = atomic::applies(spec, &transactions, dry_run, options.transactions)
+    let ids_only = atomic::applies(spec, dry_run, options.transactions)
         && atomic::probe(ctx.db(), &transactions, options.concurrency, ctx.stop()).await;
     // Opened before the scan reads anything, so no write after the scan's first read is missed.
     let catch_up = spec

@@ -221,14 +221,14 @@ pub(super) fn statement(p: &Planned) -> Document {
 /// The refusal of a batch holding invalid data under `--fail-on-invalid`.
 pub(super) fn invalid_refusal(spec: &Backfill, migration: &str, stats: &Stats) -> Error {
     Error::migration(
-    migration,
-    format!(
-    "invalid data and --fail-on-invalid is set: {} document(s) in {} cannot be migrated ({:?}), e.g. {}. Fix them, or run without --fail-on-invalid to skip and report them",
-    stats.invalid,
-    spec.collection,
-    stats.invalid_reasons,
-    Bson::Array(stats.invalid_samples.clone()).into_relaxed_extjson()
-    ),
+        migration,
+        format!(
+            "invalid data and --fail-on-invalid is set: {} document(s) in {} cannot be migrated ({:?}), e.g. {}. Fix them, or run without --fail-on-invalid to skip and report them",
+            stats.invalid,
+            spec.collection,
+            stats.invalid_reasons,
+            Bson::Array(stats.invalid_samples.clone()).into_relaxed_extjson()
+        ),
     )
 }
 

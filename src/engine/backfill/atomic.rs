@@ -21,7 +21,7 @@ use mongodb::error::{ErrorKind, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION
 use mongodb::options::{ReadConcern, WriteConcern};
 use mongodb::{ClientSession, Database};
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{info, warn};
@@ -40,6 +40,9 @@ const ATTEMPTS: u32 = 5;
 #[derive(Clone, Default)]
 pub(super) struct Transactions {
     state: Arc<AtomicU8>,
+    /// Set once a batch has committed; until then batches go one at a time (see `attempt_once`).
+    warmed: Arc<AtomicBool>,
+    first: Arc<tokio::sync::Mutex<()>>,
     sessions: Arc<tokio::sync::Mutex<Vec<ClientSession>>>,
     ids: Arc<std::sync::Mutex<Vec<Document>>>,
 }
@@ -381,9 +384,20 @@ async fn attempt_once(
 ) -> std::result::Result<Attempt, Failed> {
     // No before-images index is built while this transaction inserts its chunk.
     let _chunk = super::owned::IMAGE_INDEX_BUILD.read().await;
+    // Until a chunk is in, the before-images index on `entries._id` may not be multikey yet: the
+    // first insert of an array sets that flag in the catalog, and concurrent transactions each
+    // setting it abort one another with write conflicts (which would also halve the batch size
+    // on a quiet collection). So batches go one at a time until one has committed.
+    let _alone = match transactions.warmed.load(Ordering::Acquire) {
+        true => None,
+        false => Some(transactions.first.lock().await),
+    };
     let mut session = transactions.take(job.db).await?;
     let outcome = attempt_in(job, &mut session).await;
     transactions.give_back(session).await;
+    if matches!(outcome, Ok(Attempt::Committed(_))) {
+        transactions.warmed.store(true, Ordering::Release);
+    }
     outcome
 }
 

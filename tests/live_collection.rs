@@ -146,8 +146,23 @@ struct Writer {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// What a [`Writer`] changes.
+#[derive(Clone, Copy)]
+enum Writes {
+    /// `affiliateEarnings`, to positive amounts.
+    Earnings,
+    /// Resets the balance of users whose other withdrawal fields are 0, which makes a user 003
+    /// already wrote a candidate again (a write no earnings-watching stream reports), and on
+    /// every other write touches only a field 003 does not read.
+    ResetBalances,
+}
+
 impl Writer {
     fn start(t: &TestDb, seed: u64) -> Writer {
+        Writer::writing(t, seed, Writes::Earnings)
+    }
+
+    fn writing(t: &TestDb, seed: u64, writes_what: Writes) -> Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let writes = Arc::new(AtomicU64::new(0));
         let coll = t.db.collection::<Document>("users");
@@ -156,13 +171,24 @@ impl Writer {
             let mut rng = Rng(seed);
             while !s.load(Ordering::Relaxed) {
                 let id = (rng.next() % USERS as u64) as i64;
-                let amount = (rng.next() % 5_000_000 + 100) as f64 / 100.0;
-                coll.update_one(
-                    doc! { "_id": id },
-                    doc! { "$set": { "affiliateEarnings": amount } },
-                )
-                .await
-                .unwrap();
+                let (filter, update) = match writes_what {
+                    Writes::Earnings => {
+                        let amount = (rng.next() % 5_000_000 + 100) as f64 / 100.0;
+                        (
+                            doc! { "_id": id },
+                            doc! { "$set": { "affiliateEarnings": amount } },
+                        )
+                    }
+                    Writes::ResetBalances if rng.next() % 2 == 0 => (
+                        doc! { "_id": id, "totalWithdrawn": 0, "pendingWithdrawals": 0 },
+                        doc! { "$set": { "withdrawableBalance": 0 } },
+                    ),
+                    Writes::ResetBalances => (
+                        doc! { "_id": id },
+                        doc! { "$set": { "lastSeen": mongodb::bson::DateTime::now() } },
+                    ),
+                };
+                coll.update_one(filter, update).await.unwrap();
                 w.fetch_add(1, Ordering::Relaxed);
                 // About 500 writes a second: every user changes every few seconds.
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -312,6 +338,60 @@ async fn a_writer_during_guarded_batches_ends_exact_and_rollback_restores_it() {
         &["--no-transactions"],
     )
     .await;
+}
+
+#[tokio::test]
+async fn balances_the_application_resets_during_the_scan_are_written_again_and_roll_back_exactly() {
+    let (t, before) = prepared("livereset", 10).await;
+    let writer = Writer::writing(&t, 10 ^ 0xBEEF, Writes::ResetBalances);
+    let mut run = Running::start(
+        &t,
+        &[
+            "up",
+            "--batch-size",
+            "400",
+            "--concurrency",
+            "3",
+            "--max-docs-per-sec",
+            RATE,
+            "--no-progress",
+        ],
+    );
+    run.wait_for(async || scanned(&t).await >= USERS * 9 / 10)
+        .await;
+    let writes = writer.stop().await;
+    let out = run.output().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(writes > 100, "the writer wrote only {writes} times");
+    // Every balance reset after 003 wrote it was written again from the user's earnings.
+    assert_balances_follow_current_earnings(&t, &before).await;
+    let record = t.record(M003).await.unwrap();
+    let caught = caught_up(&record);
+    assert!(
+        caught.get_i64("modified").unwrap() > 0,
+        "nothing was caught up: {caught}"
+    );
+    assert_batches_went(&t, &record, true);
+    if record
+        .get_document("result")
+        .unwrap()
+        .get_i64("batchesInTransactions")
+        .unwrap_or(0)
+        > 0
+    {
+        // The stream reported the resets (every write but the batches' own), so no round over
+        // the candidates was needed to find them.
+        assert_eq!(caught.get_i64("rounds").unwrap(), 0, "{caught}");
+        assert!(
+            read(&t.log_file()).contains("no round over the candidates needed"),
+            "{}",
+            read(&t.log_file())
+        );
+    }
+    let out = migrate(&t, &["rollback", "--yes"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_fields_restored(&t, &before).await;
+    t.db.drop().await.unwrap();
 }
 
 #[tokio::test]

@@ -70,6 +70,12 @@ impl Transactions {
         checkpoint
     }
 
+    /// The `lsid.id` of this run's sessions, as change events name them.
+    pub(super) fn session_ids(&self) -> Vec<Bson> {
+        let ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        ids.iter().filter_map(|id| id.get("id").cloned()).collect()
+    }
+
     async fn take(&self, db: &Database) -> mongodb::error::Result<ClientSession> {
         loop {
             if let Some(session) = self.sessions.lock().await.pop() {
@@ -172,6 +178,16 @@ pub(super) async fn probe(
         }
     }
     transactions.usable()
+}
+
+/// The `lsid.id` of the sessions whose transactions an interrupted run wrote in.
+pub(super) fn sessions_in(checkpoint: &Document) -> Vec<Bson> {
+    checkpoint
+        .get_array(SESSIONS)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_document()?.get("id").cloned())
+        .collect()
 }
 
 /// Ends the transactions a killed run left open (their sessions are named in its checkpoint), so

@@ -87,6 +87,46 @@ pub fn pipeline(updated: &[String], removed: &[String]) -> Vec<Document> {
     ]
 }
 
+/// What the stream reports when the backfill writes every batch in a transaction: every insert,
+/// replacement and update except those of the transactions in `sessions` (this run's and an
+/// interrupted run's), which are the backfill's own writes. A change event names the session of
+/// a write made in a transaction (`lsid`), and only of such a write, so the backfill's batches
+/// are left out without leaving out anything the application does. Such a stream reports every
+/// write that can make a document a candidate, whatever the filter reads.
+pub fn pipeline_except(sessions: Vec<Bson>) -> Vec<Document> {
+    vec![
+        doc! { "$match": {
+            "operationType": { "$in": ["insert", "replace", "update"] },
+            "lsid.id": { "$nin": sessions },
+        } },
+        doc! { "$project": { "operationType": 1, "documentKey": 1, "clusterTime": 1 } },
+    ]
+}
+
+/// Whether a stream reporting inserts, replacements and removals of `removed` reports every
+/// write that can make a document match `filter`: true when the filter only asks, through
+/// `$and` and `$or`, for top-level fields of `removed` to be missing. Such a field goes missing
+/// by its removal alone; setting it, or anything below it, only ever makes a missing field
+/// present.
+pub fn removals_cover(filter: &Document, removed: &[String]) -> bool {
+    filter
+        .iter()
+        .all(|(key, value)| match (key.as_str(), value) {
+            ("$and" | "$or", Bson::Array(parts)) => parts
+                .iter()
+                .all(|p| p.as_document().is_some_and(|p| removals_cover(p, removed))),
+            (field, Bson::Document(test)) if !field.starts_with('$') && !field.contains('.') => {
+                removed.iter().any(|r| r == field)
+                    && test.len() == 1
+                    && matches!(
+                        test.get("$exists"),
+                        Some(Bson::Boolean(false)) | Some(Bson::Int32(0)) | Some(Bson::Int64(0))
+                    )
+            }
+            _ => false,
+        })
+}
+
 /// Ids collected from the stream and the token that covers them.
 #[derive(Default)]
 struct Shared {
@@ -183,8 +223,9 @@ impl Watcher {
     }
 
     /// Waits until every event up to the cluster time `until` was read: an empty batch fetched
-    /// after this call, or an event later than `until`. Gives up after [`DRAIN_LIMIT`].
-    pub async fn drain(&self, until: Option<Timestamp>) -> Result<()> {
+    /// after this call, or an event later than `until`. Gives up after [`DRAIN_LIMIT`], and then
+    /// says so (`false`).
+    pub async fn drain(&self, until: Option<Timestamp>) -> Result<bool> {
         let start = {
             let mut s = lock(&self.shared);
             s.draining += 1;
@@ -195,7 +236,7 @@ impl Watcher {
         self.drain_from(start, until).await
     }
 
-    async fn drain_from(&self, start: u64, until: Option<Timestamp>) -> Result<()> {
+    async fn drain_from(&self, start: u64, until: Option<Timestamp>) -> Result<bool> {
         let begun = Instant::now();
         loop {
             {
@@ -205,17 +246,17 @@ impl Watcher {
                 }
                 // Two empty batches: the second getMore began after this call.
                 if s.empty_batches >= start + 2 {
-                    return Ok(());
+                    return Ok(true);
                 }
                 if let (Some(until), Some(last)) = (until, s.last_event_time) {
                     if (last.time, last.increment) > (until.time, until.increment) {
-                        return Ok(());
+                        return Ok(true);
                     }
                 }
             }
             if begun.elapsed() > DRAIN_LIMIT {
                 warn!("the change stream did not drain within {DRAIN_LIMIT:?}; the post-condition rounds take the rest");
-                return Ok(());
+                return Ok(false);
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -340,4 +381,51 @@ pub fn token_to_bson(token: &ResumeToken) -> Option<Bson> {
 /// The token read back from a checkpoint.
 pub fn token_from_bson(value: &Bson) -> Option<ResumeToken> {
     mongodb::bson::from_bson(value.clone()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::removals_cover;
+    use mongodb::bson::{doc, Bson};
+
+    fn removed() -> Vec<String> {
+        vec!["a".into(), "b".into()]
+    }
+
+    #[test]
+    fn missing_removed_fields_are_covered_by_removals() {
+        let filter = doc! { "$or": [{ "a": { "$exists": false } }, { "b": { "$exists": false } }] };
+        assert!(removals_cover(&filter, &removed()));
+        assert!(removals_cover(&doc! { "a": { "$exists": 0 } }, &removed()));
+        assert!(removals_cover(
+            &doc! { "$and": [{ "$or": [{ "a": { "$exists": false } }] }] },
+            &removed()
+        ));
+    }
+
+    #[test]
+    fn a_value_an_update_can_set_is_not_covered_by_removals() {
+        // `{a: 0}` becomes true when the application sets `a` to 0: no removal says so.
+        let filter = doc! { "$or": [{ "a": { "$exists": false } }, { "a": 0 }] };
+        assert!(!removals_cover(&filter, &removed()));
+        assert!(!removals_cover(&doc! { "a": Bson::Null }, &removed()));
+        assert!(!removals_cover(
+            &doc! { "a": { "$exists": true } },
+            &removed()
+        ));
+    }
+
+    #[test]
+    fn unwatched_nested_negated_or_computed_tests_are_not_covered() {
+        for filter in [
+            doc! { "c": { "$exists": false } },
+            doc! { "a.x": { "$exists": false } },
+            doc! { "$nor": [{ "a": { "$exists": true } }] },
+            doc! { "a": { "$not": { "$exists": true } } },
+            doc! { "$expr": { "$eq": ["$a", null] } },
+            doc! { "a": { "$exists": false, "$type": "int" } },
+        ] {
+            assert!(!removals_cover(&filter, &removed()), "{filter}");
+        }
+    }
 }

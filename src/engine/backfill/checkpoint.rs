@@ -213,7 +213,15 @@ pub struct Resumed {
     pub stats: Stats,
     /// The change stream's resume token, if one was saved.
     pub token: Option<Bson>,
+    /// Whether the interrupted run's stream reported every write able to make a candidate since
+    /// the backfill began (see [`STREAM_COMPLETE`]).
+    pub stream_complete: bool,
 }
+
+/// Checkpoint field saying that the change stream behind `resumeToken` has reported, since the
+/// backfill began, every write that can make a document a candidate: a resumed run that goes on
+/// from that token then needs no round over the candidates after its scan either.
+pub const STREAM_COMPLETE: &str = "streamComplete";
 
 /// The position, counters and token to resume from; `None` if the checkpoint is unusable.
 pub fn from_checkpoint(cp: &Document) -> Option<Resumed> {
@@ -239,6 +247,7 @@ pub fn from_checkpoint(cp: &Document) -> Option<Resumed> {
         position: Position { bracket, last },
         stats: Stats::from_document(cp),
         token: cp.get("resumeToken").cloned(),
+        stream_complete: cp.get_bool(STREAM_COMPLETE).unwrap_or(false),
     })
 }
 

@@ -4,9 +4,10 @@
 
 use super::atomic::{self, Transactions};
 use super::catch_up::{
-    pipeline, token_from_bson, token_to_bson, CatchUpMode, Taken, Unavailable, Watcher,
+    pipeline, pipeline_except, removals_cover, token_from_bson, token_to_bson, CatchUpMode, Taken,
+    Unavailable, Watcher,
 };
-use super::checkpoint::{from_checkpoint, to_checkpoint, Stats};
+use super::checkpoint::{from_checkpoint, to_checkpoint, Stats, STREAM_COMPLETE};
 use super::governor::{Governor, Wait};
 use super::missing::set_if_missing;
 use super::progress::Progress;
@@ -46,11 +47,12 @@ const CATCH_UP_EVERY: Duration = Duration::from_millis(500);
 pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
     let options = ctx.options();
     let dry_run = options.dry_run;
-    let resumed = if spec.checkpoints {
-        ctx.checkpoint().and_then(from_checkpoint)
-    } else {
-        None
-    };
+    let saved = ctx.checkpoint().filter(|_| spec.checkpoints);
+    let resumed = saved.and_then(from_checkpoint);
+    // A fresh backfill, or one whose interrupted stream reported everything it must.
+    let covered_so_far = resumed
+        .as_ref()
+        .is_none_or(|r| r.stream_complete && r.token.is_some());
     let (mut position, mut stats, saved_token) = match resumed {
         Some(r) => {
             info!(migration = ctx.name(), scanned = r.stats.scanned, last_id = ?r.position.last, "resuming backfill from checkpoint");
@@ -73,16 +75,45 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
         .catch_up
         .as_ref()
         .filter(|_| options.catch_up != CatchUpMode::Off);
+    // With every batch in a transaction, the stream reports every write but the batches' own
+    // (which run in the sessions made up front: without them, their writes cannot be told apart).
+    let except = Some(transactions.session_ids())
+        .filter(|own| ids_only && !own.is_empty())
+        .map(|mut sessions| {
+            sessions.extend(saved.map(atomic::sessions_in).unwrap_or_default());
+            sessions
+        });
     let watcher = match (catch_up, dry_run) {
         (Some(catch_up), false) => {
-            open_watcher(ctx, spec, catch_up, saved_token.as_ref(), &mut stats).await
+            open_watcher(
+                ctx,
+                spec,
+                catch_up,
+                saved_token.as_ref(),
+                except.clone(),
+                &mut stats,
+            )
+            .await
         }
         _ => None,
+    };
+    // Whether the stream has reported, since the backfill began, every write that can make a
+    // document a candidate: then nothing can be left behind the scan that the stream did not
+    // name, and no round over the candidates follows the scan.
+    let stream_complete = covered_so_far
+        && watcher.is_some()
+        && catch_up.is_some_and(|c| except.is_some() || removals_cover(&spec.filter, &c.removed));
+    let tagged = |checkpoint: Document| {
+        let mut checkpoint = transactions.tagged(checkpoint);
+        if stream_complete {
+            checkpoint.insert(STREAM_COMPLETE, true);
+        }
+        checkpoint
     };
     let mut token = watcher.as_ref().and(saved_token);
     if ids_only && spec.checkpoints {
         // The sessions are on record before any transaction opens, for a resume to end them.
-        ctx.save_checkpoint(transactions.tagged(to_checkpoint(&position, &stats, token.as_ref())))
+        ctx.save_checkpoint(tagged(to_checkpoint(&position, &stats, token.as_ref())))
             .await?;
     }
     let total = coll.estimated_document_count().await.unwrap_or(0);
@@ -224,7 +255,7 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
             // The checkpoint and the live progress in one write.
             let checkpoint = spec
                 .checkpoints
-                .then(|| transactions.tagged(to_checkpoint(&written, &stats, token.as_ref())));
+                .then(|| tagged(to_checkpoint(&written, &stats, token.as_ref())));
             let live =
                 progress.record(&stats, governor.batch_size(), &governor.view(), ctx.actor());
             ctx.save_progress(checkpoint, live).await?;
@@ -240,7 +271,7 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
         return Err(ctx.stop().error());
     }
     if spec.checkpoints && !dry_run {
-        ctx.save_checkpoint(to_checkpoint(&position, &stats, token.as_ref()))
+        ctx.save_checkpoint(tagged(to_checkpoint(&position, &stats, token.as_ref())))
             .await?;
     }
     if let (Some(catch_up), false) = (catch_up, dry_run) {
@@ -253,7 +284,7 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
             ctx,
             spec,
             catch_up,
-            watcher.as_ref(),
+            watcher.as_ref().map(|w| (w, stream_complete)),
             &mut stats,
             &position,
             token.clone(),
@@ -284,6 +315,7 @@ async fn open_watcher(
     spec: &Backfill,
     catch_up: &CatchUp,
     saved: Option<&Bson>,
+    except: Option<Vec<Bson>>,
     stats: &mut Stats,
 ) -> Option<Watcher> {
     if ctx.options().catch_up == CatchUpMode::Passes {
@@ -297,9 +329,15 @@ async fn open_watcher(
     let coll = ctx.db().collection::<Document>(&spec.collection);
     let token = saved.and_then(token_from_bson);
     let resuming = token.is_some();
-    let mut removed = catch_up.removed.clone();
-    removed.extend(catch_up.updated.iter().cloned());
-    match Watcher::open(&coll, pipeline(&catch_up.updated, &removed), token).await {
+    let events = match except {
+        Some(sessions) => pipeline_except(sessions),
+        None => {
+            let mut removed = catch_up.removed.clone();
+            removed.extend(catch_up.updated.iter().cloned());
+            pipeline(&catch_up.updated, &removed)
+        }
+    };
+    match Watcher::open(&coll, events, token).await {
         Ok(w) => {
             if resuming {
                 info!(

@@ -259,9 +259,24 @@ pub(crate) fn holder_is_dead_here(current: &Document, me: &Actor) -> bool {
         .unwrap_or(false);
     match stored_pid(current) {
         Some(pid) if same_host && pid != i64::from(me.pid) && cfg!(target_os = "linux") => {
-            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            process_gone(pid)
         }
         _ => false,
+    }
+}
+
+/// Whether process `pid` is gone: no such process, or one that has exited and only waits for
+/// its parent to collect its status (a zombie). A `migrate` killed with `kill -9` whose parent
+/// does not reap it at once (a shell that has moved on, a container whose init never reaps)
+/// stays a zombie; it holds nothing and will never release its lock.
+fn process_gone(pid: i64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (command) state ...`; the command may hold spaces and parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| matches!(state, "Z" | "X" | "x")),
+        Err(_) => !std::path::Path::new(&format!("/proc/{pid}")).exists(),
     }
 }
 
@@ -403,6 +418,27 @@ impl Drop for LockGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_killed_process_not_yet_reaped_is_gone_and_a_running_one_is_not() {
+        let mut running = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = i64::from(running.id());
+        assert!(!process_gone(pid));
+        running.kill().unwrap();
+        // Killed but not waited for: a zombie until `wait` below.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !process_gone(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(process_gone(pid), "a zombie counts as gone");
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        running.wait().unwrap();
+        assert!(process_gone(pid));
+    }
 
     #[tokio::test]
     async fn a_heartbeat_that_panics_stops_the_run_with_lock_lost() {

@@ -168,15 +168,35 @@ pub struct Unavailable(pub String);
 
 impl Watcher {
     /// Opens the stream (from `token` when resuming) and starts collecting.
+    ///
+    /// A new stream starts just after the server's current cluster time. Left to itself, a
+    /// server may start it at an earlier point (a commit point that lags behind the latest
+    /// writes under load), and it then reports writes made before the run began, such as a
+    /// load just finished: the scan sees those anyway, and catching them up as well only splits
+    /// the work between the two counters.
     pub async fn open(
         coll: &Collection<Document>,
         pipeline: Vec<Document>,
         token: Option<ResumeToken>,
     ) -> std::result::Result<Watcher, Unavailable> {
-        let stream = coll.watch().pipeline(pipeline).max_await_time(AWAIT);
+        let watch = || {
+            coll.watch()
+                .pipeline(pipeline.clone())
+                .max_await_time(AWAIT)
+        };
         let stream = match token.clone() {
-            Some(t) => stream.resume_after(t).await,
-            None => stream.await,
+            Some(t) => watch().resume_after(t).await,
+            None => match cluster_time(&coll.client().database("admin")).await {
+                // A server that refuses the start time gets a stream from wherever it starts.
+                Some(now) => match watch().start_at_operation_time(just_after(now)).await {
+                    Ok(stream) => Ok(stream),
+                    Err(e) => {
+                        debug!(error = %e, "a change stream from the current cluster time was refused");
+                        watch().await
+                    }
+                },
+                None => watch().await,
+            },
         };
         let mut stream = stream.map_err(|e| Unavailable(short(&e)))?;
         // The first getMore proves the token is still in the oplog (a lost token fails here).
@@ -371,6 +391,21 @@ pub async fn cluster_time(db: &mongodb::Database) -> Option<Timestamp> {
             .ok()
             .and_then(|c| c.get_timestamp("clusterTime").ok())
     })
+}
+
+/// The cluster time right after `t` (a stream's start is inclusive; every write at `t` itself
+/// was committed before the time was read, so the scan sees it).
+fn just_after(t: Timestamp) -> Timestamp {
+    match t.increment.checked_add(1) {
+        Some(increment) => Timestamp {
+            time: t.time,
+            increment,
+        },
+        None => Timestamp {
+            time: t.time + 1,
+            increment: 0,
+        },
+    }
 }
 
 /// The token as stored in a checkpoint.

@@ -70,6 +70,17 @@ impl Transactions {
         checkpoint
     }
 
+    /// Makes every batch transaction read a snapshot that holds every write up to `t` (the
+    /// cluster time the run began at, from which its change stream reports). On a replica set a
+    /// transaction's snapshot is majority-committed data, which can lag behind the latest writes;
+    /// with the session's operation time at `t` the server waits until it holds them. Without
+    /// this, a write just before the run began could be in neither the snapshot nor the stream.
+    pub(super) async fn read_after(&self, t: mongodb::bson::Timestamp) {
+        for session in self.sessions.lock().await.iter_mut() {
+            session.advance_operation_time(t);
+        }
+    }
+
     /// The `lsid.id` of this run's sessions, as change events name them.
     pub(super) fn session_ids(&self) -> Vec<Bson> {
         let ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());

@@ -169,7 +169,8 @@ pub struct Unavailable(pub String);
 impl Watcher {
     /// Opens the stream (from `token` when resuming) and starts collecting.
     ///
-    /// A new stream starts just after the server's current cluster time. Left to itself, a
+    /// A new stream starts just after `begun`, the cluster time the run read before it read
+    /// anything (batch transactions read no earlier snapshot, see `atomic`). Left to itself, a
     /// server may start it at an earlier point (a commit point that lags behind the latest
     /// writes under load), and it then reports writes made before the run began, such as a
     /// load just finished: the scan sees those anyway, and catching them up as well only splits
@@ -178,6 +179,7 @@ impl Watcher {
         coll: &Collection<Document>,
         pipeline: Vec<Document>,
         token: Option<ResumeToken>,
+        begun: Option<Timestamp>,
     ) -> std::result::Result<Watcher, Unavailable> {
         let watch = || {
             coll.watch()
@@ -186,7 +188,7 @@ impl Watcher {
         };
         let stream = match token.clone() {
             Some(t) => watch().resume_after(t).await,
-            None => match cluster_time(&coll.client().database("admin")).await {
+            None => match begun {
                 // A server that refuses the start time gets a stream from wherever it starts.
                 Some(now) => match watch().start_at_operation_time(just_after(now)).await {
                     Ok(stream) => Ok(stream),

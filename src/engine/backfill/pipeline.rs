@@ -64,12 +64,18 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
     if spec.before_images && !dry_run {
         super::before_image::align_clock(ctx.db()).await;
     }
+    // Read before anything else: the change stream reports every write after it, and batch
+    // transactions read no snapshot before it.
+    let begun = super::catch_up::cluster_time(ctx.db()).await;
     let transactions = Transactions::default();
     // Batches written in transactions read their range's candidates themselves, so the scan
     // reads bare `_id`s of every document: such a cursor opens at a fraction of the cost of one
     // the server must filter first, and the filter is evaluated once, by the transaction.
     let ids_only = atomic::applies(spec, dry_run, options.transactions)
         && atomic::probe(ctx.db(), &transactions, options.concurrency, ctx.stop()).await;
+    if let (true, Some(begun)) = (ids_only, begun) {
+        transactions.read_after(begun).await;
+    }
     // Opened before the scan reads anything, so no write after the scan's first read is missed.
     let catch_up = spec
         .catch_up
@@ -89,7 +95,7 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
                 ctx,
                 spec,
                 catch_up,
-                saved_token.as_ref(),
+                (saved_token.as_ref(), begun),
                 except.clone(),
                 &mut stats,
             )
@@ -314,7 +320,7 @@ async fn open_watcher(
     ctx: &Context,
     spec: &Backfill,
     catch_up: &CatchUp,
-    saved: Option<&Bson>,
+    (saved, begun): (Option<&Bson>, Option<mongodb::bson::Timestamp>),
     except: Option<Vec<Bson>>,
     stats: &mut Stats,
 ) -> Option<Watcher> {
@@ -337,7 +343,7 @@ async fn open_watcher(
             pipeline(&catch_up.updated, &removed)
         }
     };
-    match Watcher::open(&coll, events, token).await {
+    match Watcher::open(&coll, events, token, begun).await {
         Ok(w) => {
             if resuming {
                 info!(

@@ -332,63 +332,9 @@ async fn run(users: u64, bench: bool, quick: bool) -> usize {
         users,
     });
 
-    // (1b) whole-run floor: 001, 002, 003 with the plainest server-side commands.
-    let whole_floor = load("wholefloor", users).await;
-    let time = timed(async {
-        let coll = whole_floor.db.collection::<Document>(USERS);
-        for f in FIELDS {
-            coll.update_many(doc! { f: { "$exists": false } }, doc! { "$set": { f: 0 } }).await.unwrap();
-        }
-        for (collection, fields) in mongo_migrate::registry::generated::m002::INDEXES.iter().fold(Vec::<(&str, Vec<&[&str]>)>::new(), |mut acc, (c, f)| {
-            match acc.iter_mut().find(|(x, _)| x == c) {
-                Some((_, list)) => list.push(f),
-                None => acc.push((c, vec![*f])),
-            }
-            acc
-        }) {
-            let models: Vec<mongodb::IndexModel> = fields
-                .iter()
-                .map(|f| {
-                    let (keys, name) = mongo_migrate::registry::generated::m002::spec(f);
-                    mongodb::IndexModel::builder().keys(keys).options(mongodb::options::IndexOptions::builder().name(name).build()).build()
-                })
-                .collect();
-            whole_floor.db.collection::<Document>(collection).create_indexes(models).await.unwrap();
-        }
-        whole_floor.db.run_command(doc! { "update": USERS, "updates": [{ "q": candidates(), "u": floor_pipeline(), "multi": true }] }).await.unwrap();
-    })
-    .await;
-    rows.push(Row {
-        name: "(1b) whole-run floor: 001+002+003 plain",
-        time,
-        users,
-    });
-
-    // (2) naive peer and (3) batched peer: left out of a quick run (no key ratio needs them, and
-    // the naive loop alone takes longer than the rest).
-    let mut naive = None;
-    let mut batched = None;
-    if !quick {
-        // (2) naive peer: one cursor, one updateOne per document.
-        let t = before_003("naive", users).await;
-        let time = timed(naive_peer(&t)).await;
-        rows.push(Row {
-            name: "(2) naive peer: cursor + updateOne each",
-            time,
-            users,
-        });
-        naive = Some(t);
-
-        // (3) batched peer: bulk update per batch, no checkpoints or guards.
-        let t = before_003("batched", users).await;
-        let time = timed(batched_peer(&t)).await;
-        rows.push(Row {
-            name: "(3) batched peer: bulk update per batch",
-            time,
-            users,
-        });
-        batched = Some(t);
-    }
+    // Each ratio's two sides run next to each other: this machine's speed drifts by about a
+    // third over tens of minutes, and a floor measured minutes before its `migrate up` would
+    // carry that drift into the ratio.
 
     // (4) 003 via `migrate up`, default flags, process start to exit.
     let migrate = before_003("migrate", users).await;
@@ -419,44 +365,6 @@ async fn run(users: u64, bench: bool, quick: bool) -> usize {
         time,
         users,
     });
-
-    // (4b) the whole `migrate up`: 001 + 002 + 003.
-    let whole = load("whole", users).await;
-    let (time, _) = migrate_measured(&whole, &["up"]);
-    rows.push(Row {
-        name: "(4b) migrate up (001+002+003)",
-        time,
-        users,
-    });
-
-    // (5) the pipeline with 003's per-document Rust transform (not in a quick run).
-    let mut client = None;
-    if !quick {
-        let t = before_003("client", users).await;
-        let registered = Registered {
-            number: 3,
-            name: "003_migrate_existing_user_balances",
-            checksum: "bench",
-            migration: Arc::new(ClientPath),
-        };
-        let time = timed(async {
-            MigrationRunner::with_migrations(t.db.clone(), vec![registered])
-                .with_options(RunOptions {
-                    progress: false,
-                    ..RunOptions::default()
-                })
-                .run_pending()
-                .await
-                .unwrap();
-        })
-        .await;
-        rows.push(Row {
-            name: "(5) pipeline, Rust transform per doc",
-            time,
-            users,
-        });
-        client = Some(t);
-    }
 
     // (6) resume: SIGKILL at about half-way, then `migrate up --resume`. The kill comes at half
     // of (4)'s time rather than from watching the checkpoint, so nothing but the two runs
@@ -490,6 +398,102 @@ async fn run(users: u64, bench: bool, quick: bool) -> usize {
         time,
         users,
     });
+
+    // (1b) whole-run floor: 001, 002, 003 with the plainest server-side commands.
+    let whole_floor = load("wholefloor", users).await;
+    let time = timed(async {
+        let coll = whole_floor.db.collection::<Document>(USERS);
+        for f in FIELDS {
+            coll.update_many(doc! { f: { "$exists": false } }, doc! { "$set": { f: 0 } }).await.unwrap();
+        }
+        for (collection, fields) in mongo_migrate::registry::generated::m002::INDEXES.iter().fold(Vec::<(&str, Vec<&[&str]>)>::new(), |mut acc, (c, f)| {
+            match acc.iter_mut().find(|(x, _)| x == c) {
+                Some((_, list)) => list.push(f),
+                None => acc.push((c, vec![*f])),
+            }
+            acc
+        }) {
+            let models: Vec<mongodb::IndexModel> = fields
+                .iter()
+                .map(|f| {
+                    let (keys, name) = mongo_migrate::registry::generated::m002::spec(f);
+                    mongodb::IndexModel::builder().keys(keys).options(mongodb::options::IndexOptions::builder().name(name).build()).build()
+                })
+                .collect();
+            whole_floor.db.collection::<Document>(collection).create_indexes(models).await.unwrap();
+        }
+        whole_floor.db.run_command(doc! { "update": USERS, "updates": [{ "q": candidates(), "u": floor_pipeline(), "multi": true }] }).await.unwrap();
+    })
+    .await;
+    rows.push(Row {
+        name: "(1b) whole-run floor: 001+002+003 plain",
+        time,
+        users,
+    });
+
+    // (4b) the whole `migrate up`: 001 + 002 + 003.
+    let whole = load("whole", users).await;
+    let (time, _) = migrate_measured(&whole, &["up"]);
+    rows.push(Row {
+        name: "(4b) migrate up (001+002+003)",
+        time,
+        users,
+    });
+
+    // (2) naive peer and (3) batched peer: left out of a quick run (no key ratio needs them, and
+    // the naive loop alone takes longer than the rest).
+    let mut naive = None;
+    let mut batched = None;
+    if !quick {
+        // (2) naive peer: one cursor, one updateOne per document.
+        let t = before_003("naive", users).await;
+        let time = timed(naive_peer(&t)).await;
+        rows.push(Row {
+            name: "(2) naive peer: cursor + updateOne each",
+            time,
+            users,
+        });
+        naive = Some(t);
+
+        // (3) batched peer: bulk update per batch, no checkpoints or guards.
+        let t = before_003("batched", users).await;
+        let time = timed(batched_peer(&t)).await;
+        rows.push(Row {
+            name: "(3) batched peer: bulk update per batch",
+            time,
+            users,
+        });
+        batched = Some(t);
+    }
+
+    // (5) the pipeline with 003's per-document Rust transform (not in a quick run).
+    let mut client = None;
+    if !quick {
+        let t = before_003("client", users).await;
+        let registered = Registered {
+            number: 3,
+            name: "003_migrate_existing_user_balances",
+            checksum: "bench",
+            migration: Arc::new(ClientPath),
+        };
+        let time = timed(async {
+            MigrationRunner::with_migrations(t.db.clone(), vec![registered])
+                .with_options(RunOptions {
+                    progress: false,
+                    ..RunOptions::default()
+                })
+                .run_pending()
+                .await
+                .unwrap();
+        })
+        .await;
+        rows.push(Row {
+            name: "(5) pipeline, Rust transform per doc",
+            time,
+            users,
+        });
+        client = Some(t);
+    }
 
     // (8) `migrate throttle --max-docs-per-sec 2000` sent to a running 003: the rate measured
     // from the record's counters over the next 5 s, then after `--clear`.

@@ -223,6 +223,14 @@ pub struct Resumed {
 /// from that token then needs no round over the candidates after its scan either.
 pub const STREAM_COMPLETE: &str = "streamComplete";
 
+/// `checkpoint`, saying [`STREAM_COMPLETE`] when `stream_complete`.
+pub fn marked(mut checkpoint: Document, stream_complete: bool) -> Document {
+    if stream_complete {
+        checkpoint.insert(STREAM_COMPLETE, true);
+    }
+    checkpoint
+}
+
 /// The position, counters and token to resume from; `None` if the checkpoint is unusable.
 pub fn from_checkpoint(cp: &Document) -> Option<Resumed> {
     let mut bracket = usize::try_from(cp.get_i32("bracket").ok()?).ok()?;

@@ -7,7 +7,7 @@ use super::catch_up::{
     pipeline, pipeline_except, removals_cover, token_from_bson, token_to_bson, CatchUpMode, Taken,
     Unavailable, Watcher,
 };
-use super::checkpoint::{from_checkpoint, to_checkpoint, Stats, STREAM_COMPLETE};
+use super::checkpoint::{from_checkpoint, marked, to_checkpoint, Stats};
 use super::governor::{Governor, Wait};
 use super::missing::set_if_missing;
 use super::progress::Progress;
@@ -95,7 +95,8 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
                 ctx,
                 spec,
                 catch_up,
-                (saved_token.as_ref(), begun),
+                saved_token.as_ref(),
+                begun,
                 except.clone(),
                 &mut stats,
             )
@@ -109,13 +110,7 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
     let stream_complete = covered_so_far
         && watcher.is_some()
         && catch_up.is_some_and(|c| except.is_some() || removals_cover(&spec.filter, &c.removed));
-    let tagged = |checkpoint: Document| {
-        let mut checkpoint = transactions.tagged(checkpoint);
-        if stream_complete {
-            checkpoint.insert(STREAM_COMPLETE, true);
-        }
-        checkpoint
-    };
+    let tagged = |checkpoint| marked(transactions.tagged(checkpoint), stream_complete);
     let mut token = watcher.as_ref().and(saved_token);
     if ids_only && spec.checkpoints {
         // The sessions are on record before any transaction opens, for a resume to end them.
@@ -320,7 +315,8 @@ async fn open_watcher(
     ctx: &Context,
     spec: &Backfill,
     catch_up: &CatchUp,
-    (saved, begun): (Option<&Bson>, Option<mongodb::bson::Timestamp>),
+    saved: Option<&Bson>,
+    begun: Option<mongodb::bson::Timestamp>,
     except: Option<Vec<Bson>>,
     stats: &mut Stats,
 ) -> Option<Watcher> {

@@ -375,10 +375,7 @@ async fn save(
     if ctx.dry_run() {
         return Ok(());
     }
-    let mut checkpoint = to_checkpoint(done, stats, token);
-    if stream_complete {
-        checkpoint.insert(super::checkpoint::STREAM_COMPLETE, true);
-    }
+    let checkpoint = super::checkpoint::marked(to_checkpoint(done, stats, token), stream_complete);
     ctx.save_checkpoint(checkpoint).await
 }
 

@@ -12,6 +12,7 @@ mod dry_run;
 mod mixed_ids;
 mod resume;
 mod signals;
+mod windows;
 
 use common::{
     bytes, fresh_db, load, migrate, read, result_of as result, spawn, text, Rng, TestDb, FIELDS,

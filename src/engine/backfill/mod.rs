@@ -31,6 +31,7 @@ mod settle;
 mod spec;
 mod throttle;
 mod tuning;
+mod window;
 mod write;
 
 pub(crate) use atomic::end_abandoned;

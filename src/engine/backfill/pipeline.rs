@@ -12,16 +12,18 @@ use super::governor::{Governor, Wait};
 use super::missing::set_if_missing;
 use super::progress::Progress;
 use super::retry::{is_transient, with_retry};
-use super::scan::{Position, BRACKETS};
+use super::scan::{Bracket, Position, BRACKETS};
 use super::server::{server_batch, Scope};
 use super::settle::{process_ids, rounds};
 use super::spec::{Backfill, CatchUp, Transform};
+use super::window::{self, Windows};
 use super::write::{and, client_batch, projection};
 use crate::engine::error::{Error, Result};
 use crate::engine::migration::Context;
 use futures::stream::FuturesOrdered;
 use futures::{StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, Document};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
@@ -144,7 +146,13 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
             projection(&fields)
         },
         batch_size: governor.batch_size(),
+        ids_only,
         cursor: None,
+        windows: None,
+        ahead: VecDeque::new(),
+        read_to: None,
+        read_whole: false,
+        windowless: false,
     };
     let mut written = position.clone();
     let mut inflight = FuturesOrdered::new();
@@ -373,12 +381,27 @@ const PASSES: &str = "passes";
 /// session (30 min) timeouts, and a dropped connection costs one re-query. One cursor per stretch
 /// rather than one query per batch: some servers evaluate an open-ended `_id > last` range in
 /// full before applying the limit, which would make a query per batch quadratic.
+///
+/// ObjectId `_id`s are read in bounded windows instead (see `window`): a server that evaluates a
+/// cursor's whole result when it opens would otherwise hold the first batch back for as long as
+/// reading the whole collection takes.
 struct Scanner {
     coll: mongodb::Collection<Document>,
     candidates: Document,
     projection: Document,
     batch_size: usize,
+    /// Whether the scan reads bare `_id`s (windows then hold more of them).
+    ids_only: bool,
     cursor: Option<(mongodb::Cursor<Document>, Instant)>,
+    windows: Option<Windows>,
+    /// Candidates the windows read that no batch has taken yet.
+    ahead: VecDeque<Document>,
+    /// Where the windows have read up to (inclusive); `None` before the first window.
+    read_to: Option<u128>,
+    /// Whether the windows have read the whole bracket.
+    read_whole: bool,
+    /// Whether the cursor reads the ObjectId bracket after all.
+    windowless: bool,
 }
 
 /// A cursor is reopened after this long, well inside the server's timeouts.
@@ -389,6 +412,12 @@ impl Scanner {
     async fn next(&mut self, ctx: &Context, position: &mut Position) -> Result<Option<Batch>> {
         let mut failures = 0u32;
         while !position.done() {
+            if BRACKETS[position.bracket] == Bracket::ObjectId && !self.windowless {
+                match self.windowed(ctx, position).await? {
+                    Some(batch) => return Ok(Some(batch)),
+                    None => continue,
+                }
+            }
             if self
                 .cursor
                 .as_ref()
@@ -452,6 +481,119 @@ impl Scanner {
         }
         Ok(None)
     }
+
+    /// The next batch of the ObjectId bracket, read in windows; `None` when the bracket is done
+    /// (the position then stands at the next one). Batches are whole however the windows fall:
+    /// a short one would mislead the batch-size tuner.
+    async fn windowed(&mut self, ctx: &Context, position: &mut Position) -> Result<Option<Batch>> {
+        if self.windows.is_none() {
+            let last = match &position.last {
+                None => None,
+                Some(Bson::ObjectId(id)) => Some(window::to_int(id)),
+                // Not an ObjectId (a checkpoint written otherwise): no window starts there, and
+                // the cursor reads the bracket.
+                Some(_) => {
+                    self.windowless = true;
+                    return Ok(None);
+                }
+            };
+            let pivot = match last {
+                None => pivot(ctx, &self.coll).await?,
+                Some(_) => None,
+            };
+            self.windows = Some(Windows::new(pivot));
+            self.read_to = last;
+        }
+        let batch_size = self.batch_size.max(1);
+        while self.ahead.len() < batch_size && !self.read_whole {
+            self.read_window(ctx, batch_size).await?;
+        }
+        if self.ahead.is_empty() {
+            position.next_bracket();
+            return Ok(None);
+        }
+        let take = batch_size.min(self.ahead.len());
+        let docs: Vec<Document> = self.ahead.drain(..take).collect();
+        let last = docs
+            .last()
+            .and_then(|d| d.get("_id"))
+            .cloned()
+            .expect("a window holds documents with ids");
+        position.advance_to(last);
+        if self.ahead.is_empty() {
+            if self.read_whole {
+                position.next_bracket();
+            } else if let Some(read_to) = self.read_to {
+                // Every candidate up to there was read, and is now handed out.
+                position.last = Some(Bson::ObjectId(window::from_int(read_to)));
+            }
+        }
+        Ok(Some(Batch {
+            docs,
+            end: position.clone(),
+        }))
+    }
+
+    /// Reads the next window into `ahead`.
+    async fn read_window(&mut self, ctx: &Context, batch_size: usize) -> Result<()> {
+        let windows = self.windows.as_mut().expect("made before reading");
+        let window = windows.next(self.read_to);
+        // Bare `_id`s are small: a window holds two batches' worth and reads at most four. Whole
+        // documents: at most one batch, so no more is held than a cursor's batch and the batch
+        // being filled.
+        let (target, limit) = if self.ids_only {
+            (2 * batch_size, 4 * batch_size)
+        } else {
+            (batch_size.div_ceil(2), batch_size)
+        };
+        let filter = if self.candidates.is_empty() {
+            window.filter.clone()
+        } else {
+            and(vec![window.filter.clone(), self.candidates.clone()])
+        };
+        let (coll, projection) = (&self.coll, &self.projection);
+        let t0 = Instant::now();
+        let docs: Vec<Document> =
+            with_retry(&format!("scanning {}", coll.name()), ctx.stop(), || async {
+                coll.find(filter.clone())
+                    .sort(doc! { "_id": 1 })
+                    .projection(projection.clone())
+                    .limit(limit as i64)
+                    .batch_size(limit.min(u32::MAX as usize) as u32)
+                    .await?
+                    .try_collect()
+                    .await
+            })
+            .await?;
+        let truncated = docs.len() >= limit;
+        let last_found = docs
+            .last()
+            .and_then(|d| d.get_object_id("_id").ok())
+            .map(|id| window::to_int(&id));
+        windows.observe(&window, docs.len(), last_found, truncated, target);
+        tracing::trace!(found = docs.len(), truncated, hi = ?window.hi, ms = t0.elapsed().as_millis() as u64, "scan window read");
+        match (truncated, window.hi) {
+            (true, _) => self.read_to = last_found,
+            (false, Some(hi)) => self.read_to = Some(hi),
+            (false, None) => self.read_whole = true,
+        }
+        self.ahead.extend(docs);
+        Ok(())
+    }
+}
+
+/// Where the first window of a scan from the start ends: the `_id` of the first document in
+/// natural order, when it is an ObjectId. Natural order is insertion order on most collections,
+/// so few documents lie below it; where many do, the first window costs what one cursor over
+/// them would.
+async fn pivot(ctx: &Context, coll: &mongodb::Collection<Document>) -> Result<Option<u128>> {
+    let first = with_retry(&format!("scanning {}", coll.name()), ctx.stop(), || {
+        coll.find_one(doc! {}).projection(doc! { "_id": 1 })
+    })
+    .await?;
+    Ok(first
+        .and_then(|d| d.get_object_id("_id").ok())
+        .map(|id| window::to_int(&id)))
 }
 
 /// CursorNotFound / CursorKilled: the server dropped the cursor (idle timeout, restart).

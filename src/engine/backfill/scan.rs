@@ -7,7 +7,7 @@
 //! sort order, each bracket opened with `$gte` its smallest value. The position is therefore
 //! (bracket, last `_id`), which is what the checkpoint stores.
 //!
-//! Values no range reaches get brackets of their own, selected by type or equality: MinKey and
+//! Values no range reaches get brackets of their own, selected by equality: MinKey and
 //! MaxKey (no value is below or above them), and NaN (`$gte: -Infinity` does not match it). Each
 //! holds at most a couple of documents (`_id` is unique). Whatever a server's range operators
 //! still miss (for example a `$gt` on binary `_id`s that disagrees with the server's own sort
@@ -66,12 +66,13 @@ pub const BRACKETS: [Bracket; 12] = [
 impl Bracket {
     /// The `_id` condition selecting this bracket from its start, or after `last`.
     pub fn id_filter(self, last: Option<&Bson>) -> Document {
-        // Brackets selected by type or equality hold at most two documents: after the first
-        // batch nothing is left, whatever `last` is.
+        // Brackets selected by equality hold at most two documents: after the first batch
+        // nothing is left, whatever `last` is. Equality rather than `$type`: every server
+        // answers it from the `_id` index, and some scan the collection for a `$type`.
         match self {
-            Bracket::MinKey => return doc! { "_id": { "$type": "minKey" } },
-            Bracket::MaxKey => return doc! { "_id": { "$type": "maxKey" } },
-            Bracket::Null => return doc! { "_id": { "$type": "null" } },
+            Bracket::MinKey => return doc! { "_id": Bson::MinKey },
+            Bracket::MaxKey => return doc! { "_id": Bson::MaxKey },
+            Bracket::Null => return doc! { "_id": Bson::Null },
             Bracket::NaN => return doc! { "_id": f64::NAN },
             _ => {}
         }
@@ -170,10 +171,7 @@ mod tests {
             Bracket::String.id_filter(None),
             doc! { "_id": { "$gte": "" } }
         );
-        assert_eq!(
-            Bracket::Null.id_filter(None),
-            doc! { "_id": { "$type": "null" } }
-        );
+        assert_eq!(Bracket::Null.id_filter(None), doc! { "_id": Bson::Null });
     }
 
     #[test]

@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 
 /// How long one `getMore` on the stream waits for events: short, so a drain ends quickly on a
 /// quiet collection (an empty batch proves every earlier event was delivered).
-const AWAIT: Duration = Duration::from_millis(100);
+const AWAIT: Duration = Duration::from_millis(25);
 /// After an empty batch, the next `getMore` waits up to this long, unless a drain is waiting.
 /// A `getMore` that awaits events is work for the server for as long as it waits (on the test
 /// server, an idle stream polled back to back made a scan's updates about 1.2 times slower;
@@ -332,7 +332,17 @@ fn record(shared: &Mutex<Shared>, event: &Event, token: Option<ResumeToken>) {
 }
 
 /// The bytes of an `_id`, for de-duplication (`Bson` is not `Hash`).
+///
+/// An ObjectId (the common `_id`, met once per document of every batch) is its type byte and
+/// its twelve bytes; any other value, a one-field document holding it, whose encoding starts
+/// with its length and is never those thirteen bytes (a 13-byte document begins with 13).
 pub fn key_of(id: &Bson) -> Vec<u8> {
+    if let Bson::ObjectId(oid) = id {
+        let mut out = Vec::with_capacity(13);
+        out.push(0x07);
+        out.extend_from_slice(&oid.bytes());
+        return out;
+    }
     let mut out = Vec::new();
     let _ = doc! { "k": id.clone() }.to_writer(&mut out);
     out
@@ -422,8 +432,29 @@ pub fn token_from_bson(value: &Bson) -> Option<ResumeToken> {
 
 #[cfg(test)]
 mod tests {
-    use super::removals_cover;
-    use mongodb::bson::{doc, Bson};
+    use super::{key_of, removals_cover};
+    use mongodb::bson::{doc, oid::ObjectId, Bson};
+
+    #[test]
+    fn ids_have_the_same_key_exactly_when_they_are_the_same_value() {
+        let a = ObjectId::parse_str("65000000750dd70000000001").unwrap();
+        let b = ObjectId::parse_str("65000000750dd70000000002").unwrap();
+        assert_eq!(key_of(&Bson::ObjectId(a)), key_of(&Bson::ObjectId(a)));
+        assert_ne!(key_of(&Bson::ObjectId(a)), key_of(&Bson::ObjectId(b)));
+        let others = [
+            Bson::String("65000000750dd70000000001".into()),
+            Bson::Binary(mongodb::bson::Binary {
+                subtype: mongodb::bson::spec::BinarySubtype::Generic,
+                bytes: a.bytes().to_vec(),
+            }),
+            Bson::Int64(7),
+            Bson::Document(doc! { "a": 1 }),
+        ];
+        for other in &others {
+            assert_ne!(key_of(other), key_of(&Bson::ObjectId(a)), "{other}");
+            assert_eq!(key_of(other), key_of(&other.clone()));
+        }
+    }
 
     fn removed() -> Vec<String> {
         vec!["a".into(), "b".into()]

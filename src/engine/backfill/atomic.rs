@@ -480,7 +480,7 @@ async fn in_transaction(
         in_transactions: 1,
         ..Default::default()
     };
-    let planned = plan(transform, &spec.fields, docs, &mut stats).await;
+    let planned = plan(transform, docs, &mut stats).await;
     if fail_on_invalid && stats.invalid > 0 {
         return Err(Failed::Refused(super::write::invalid_refusal(
             spec, migration, &stats,
@@ -505,7 +505,10 @@ async fn in_transaction(
         })
         .session(&mut *session)
         .await?;
-    let mut statements: Vec<Document> = one_by_one.iter().map(|p| statement(p)).collect();
+    let mut statements: Vec<Document> = one_by_one
+        .iter()
+        .map(|p| statement(p, &spec.fields))
+        .collect();
     if !quick.is_empty() {
         statements.push(doc! {
             "q": quick_filter(range, &read, &quick),

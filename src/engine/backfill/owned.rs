@@ -8,8 +8,7 @@ use super::checkpoint::Stats;
 use super::retry::with_retry;
 use super::spec::{Backfill, Change, DocTransform};
 use super::write::{
-    already_applied, before_image, field_guard, find_all, projection, statement, update_command,
-    Planned,
+    already_applied, before_image, find_all, projection, statement, update_command, Planned,
 };
 use crate::engine::error::Result;
 use crate::engine::migration::Stop;
@@ -192,13 +191,8 @@ pub(super) async fn recompute_with(
         if already_applied(&doc, &target_set, &target_unset) {
             continue;
         }
-        let mut guard = doc! { "_id": id.clone() };
-        for f in &spec.fields {
-            guard.insert(f.clone(), field_guard(doc.get(f)));
-        }
         planned.push(Planned {
             id,
-            guard,
             set: target_set,
             unset: target_unset,
             before: doc,
@@ -209,7 +203,7 @@ pub(super) async fn recompute_with(
         return Ok(stats);
     }
     save_per_document(db, spec, migration, &planned, stop).await?;
-    let statements: Vec<Document> = planned.iter().map(statement).collect();
+    let statements: Vec<Document> = planned.iter().map(|p| statement(p, &spec.fields)).collect();
     let result = update_command(db, &spec.collection, statements, stop).await?;
     if !result.errors.is_empty() {
         return Err(result.into_error(&spec.collection));

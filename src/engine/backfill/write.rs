@@ -112,7 +112,6 @@ pub fn and(parts: Vec<Document>) -> Document {
 /// A planned per-document write.
 pub(super) struct Planned {
     pub(super) id: Bson,
-    pub(super) guard: Document,
     pub(super) set: Document,
     pub(super) unset: Vec<String>,
     pub(super) before: Document,
@@ -121,7 +120,6 @@ pub(super) struct Planned {
 /// Runs the transform on rayon (off the async workers) and sorts the outcomes.
 pub(super) async fn plan(
     transform: &DocTransform,
-    fields: &[String],
     docs: Vec<Document>,
     stats: &mut Stats,
 ) -> Vec<Planned> {
@@ -139,13 +137,8 @@ pub(super) async fn plan(
         match change {
             Change::Invalid(reason) => stats.note_invalid(&id, reason),
             Change::Update { set, unset } if !already_applied(&doc, &set, &unset) => {
-                let mut guard = doc! { "_id": id.clone() };
-                for f in fields {
-                    guard.insert(f.clone(), field_guard(doc.get(f)));
-                }
                 planned.push(Planned {
                     id,
-                    guard,
                     set,
                     unset,
                     before: doc,
@@ -207,7 +200,14 @@ pub(super) fn before_image(p: &Planned) -> Document {
     entry
 }
 
-pub(super) fn statement(p: &Planned) -> Document {
+/// The guarded statement for one document: it matches only while every read field (`fields`)
+/// is still as read. Built only for the documents written one by one, not for every document
+/// planned (most go in one server-side statement).
+pub(super) fn statement(p: &Planned, fields: &[String]) -> Document {
+    let mut guard = doc! { "_id": p.id.clone() };
+    for f in fields {
+        guard.insert(f.clone(), field_guard(p.before.get(f)));
+    }
     let mut update = Document::new();
     if !p.set.is_empty() {
         update.insert("$set", p.set.clone());
@@ -215,7 +215,7 @@ pub(super) fn statement(p: &Planned) -> Document {
     if !p.unset.is_empty() {
         update.insert("$unset", crate::engine::bson_ext::unset(&p.unset));
     }
-    doc! { "q": p.guard.clone(), "u": update }
+    doc! { "q": guard, "u": update }
 }
 
 /// The refusal of a batch holding invalid data under `--fail-on-invalid`.
@@ -248,7 +248,7 @@ pub async fn client_batch(
         batches: 1,
         ..Default::default()
     };
-    let mut planned = plan(transform, &spec.fields, docs, &mut stats).await;
+    let mut planned = plan(transform, docs, &mut stats).await;
     if fail_on_invalid && stats.invalid > 0 {
         return Err(invalid_refusal(spec, migration, &stats));
     }
@@ -379,7 +379,7 @@ pub async fn client_batch(
         let written_before = ours.saturating_sub(result.matched).min(gone);
         stats.modified += written_before;
         let mut again = Stats::default();
-        planned = plan(transform, &spec.fields, reread, &mut again).await;
+        planned = plan(transform, reread, &mut again).await;
         // Written by us in this round: counted in `modified`, not again.
         let still_pending = planned.len() as u64;
         // Those no longer eligible (or now invalid) were changed by the application: left alone.
@@ -435,7 +435,7 @@ fn statements(
             Some(fast) if use_fast_path && (fast.exact_for)(&p.before) => {
                 fast_ids.push(p.id.clone())
             }
-            _ => out.push(statement(p)),
+            _ => out.push(statement(p, &spec.fields)),
         }
     }
     if let (Some(fast), false) = (&spec.fast_path, fast_ids.is_empty()) {

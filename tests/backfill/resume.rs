@@ -199,3 +199,54 @@ async fn restart_discards_the_checkpoint_and_still_ends_identical() {
         assert_eq!(n(m003, key), n(expected, key), "003 {key}: {m003}");
     }
 }
+
+#[tokio::test]
+async fn a_resume_whose_token_the_server_refuses_catches_up_by_passes_and_ends_identical() {
+    let data = users(4_000, 12);
+    let reference = reference(&data, &[]).await;
+    let t = fresh_db("badtoken").await;
+    load(&t, &data).await;
+    let mut run = spawn(
+        &t,
+        &[
+            "up",
+            "--batch-size",
+            "200",
+            "--max-docs-per-sec",
+            "2000",
+            "--no-progress",
+        ],
+    );
+    run.wait_until("003 a quarter through", async || {
+        scanned(&t, M003).await >= 1_000
+    })
+    .await;
+    run.kill().await;
+    // A token no server can resume from: the stream, reopened beside the first batches, fails,
+    // and the run goes on catching up by passes instead.
+    t.db.collection::<Document>("migrations")
+        .update_one(
+            doc! { "name": M003 },
+            doc! { "$set": { "checkpoint.resumeToken": { "_data": "00" } } },
+        )
+        .await
+        .unwrap();
+    let out = migrate(&t, &["up", "--resume", "--no-progress"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let log = text(&out);
+    assert!(
+        log.contains("the saved resume token cannot be used; catching up by passes"),
+        "{log}"
+    );
+    assert_same_users(&t.all("users").await, &reference.users);
+    let m003 = result(&t.record(M003).await.unwrap()).clone();
+    assert_eq!(
+        m003.get_document("caughtUp")
+            .unwrap()
+            .get_str("mode")
+            .unwrap(),
+        "passes",
+        "{m003}"
+    );
+    assert_counters_add_up(&m003);
+}

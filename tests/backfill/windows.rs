@@ -140,7 +140,13 @@ async fn users_inserted_behind_and_ahead_of_the_windows_are_all_migrated() {
     }
     let out = run.output().await;
     // 003's own check after the run finds no eligible user left unmigrated.
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{} inserted: {}",
+        text(&out),
+        inserted.len()
+    );
     assert!(inserted.len() >= 9, "users were inserted while 003 ran");
     for id in &inserted {
         let user = coll.find_one(doc! { "_id": id }).await.unwrap().unwrap();

@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 
 /// How long one `getMore` on the stream waits for events: short, so a drain ends quickly on a
 /// quiet collection (an empty batch proves every earlier event was delivered).
-const AWAIT: Duration = Duration::from_millis(25);
+const AWAIT: Duration = Duration::from_millis(100);
 /// After an empty batch, the next `getMore` waits up to this long, unless a drain is waiting.
 /// A `getMore` that awaits events is work for the server for as long as it waits (on the test
 /// server, an idle stream polled back to back made a scan's updates about 1.2 times slower;
@@ -146,6 +146,10 @@ struct Shared {
     failed: Option<String>,
     /// Drains waiting: the collector skips its idle pause while one is.
     draining: u32,
+    /// Still opening (a stream resumed in the background).
+    opening: bool,
+    /// Why the stream could not be resumed from its token.
+    unusable: Option<String>,
 }
 
 /// The `_id`s changed since a token, with the token to save once they are written.
@@ -181,31 +185,7 @@ impl Watcher {
         token: Option<ResumeToken>,
         begun: Option<Timestamp>,
     ) -> std::result::Result<Watcher, Unavailable> {
-        let watch = || {
-            coll.watch()
-                .pipeline(pipeline.clone())
-                .max_await_time(AWAIT)
-        };
-        let stream = match token.clone() {
-            Some(t) => watch().resume_after(t).await,
-            None => match begun {
-                // A server that refuses the start time gets a stream from wherever it starts.
-                Some(now) => match watch().start_at_operation_time(just_after(now)).await {
-                    Ok(stream) => Ok(stream),
-                    Err(e) => {
-                        debug!(error = %e, "a change stream from the current cluster time was refused");
-                        watch().await
-                    }
-                },
-                None => watch().await,
-            },
-        };
-        let mut stream = stream.map_err(|e| Unavailable(short(&e)))?;
-        // The first getMore proves the token is still in the oplog (a lost token fails here).
-        let first = stream
-            .next_if_any()
-            .await
-            .map_err(|e| Unavailable(short(&e)))?;
+        let (stream, first) = open_stream(coll, pipeline, token.clone(), begun).await?;
         let shared = Arc::new(Mutex::new(Shared {
             token: stream.resume_token().or(token),
             ..Default::default()
@@ -215,6 +195,77 @@ impl Watcher {
         }
         let task = tokio::spawn(collect(stream, shared.clone()));
         Ok(Watcher { shared, task })
+    }
+
+    /// Reopens the stream after `token` in the background and starts collecting once it is
+    /// open, so the scan starts at once. Opening from a token makes the server filter every
+    /// write since the token before it answers (0.5 s per 25,000 writes of the interrupted run
+    /// on the test server), which would otherwise hold back the first batch. Until it is open
+    /// the watcher reports nothing and its token stays `token`; whether the token could be used
+    /// is known from [`Watcher::unusable`] and [`Watcher::opened`].
+    pub fn resume(
+        coll: &Collection<Document>,
+        pipeline: Vec<Document>,
+        token: ResumeToken,
+        migration: String,
+    ) -> Watcher {
+        let shared = Arc::new(Mutex::new(Shared {
+            token: Some(token.clone()),
+            opening: true,
+            ..Default::default()
+        }));
+        let coll = coll.clone();
+        let task = tokio::spawn({
+            let shared = shared.clone();
+            async move {
+                match open_stream(&coll, pipeline, Some(token), None).await {
+                    Ok((stream, first)) => {
+                        {
+                            let mut s = lock(&shared);
+                            s.opening = false;
+                            if let Some(t) = stream.resume_token() {
+                                s.token = Some(t);
+                            }
+                        }
+                        if let Some(event) = first {
+                            record(&shared, &event, stream.resume_token());
+                        }
+                        tracing::info!(
+                            migration,
+                            "change stream resumed from the saved resume token"
+                        );
+                        collect(stream, shared).await;
+                    }
+                    Err(Unavailable(why)) => {
+                        let mut s = lock(&shared);
+                        s.opening = false;
+                        s.unusable = Some(why);
+                    }
+                }
+            }
+        });
+        Watcher { shared, task }
+    }
+
+    /// Why the stream could not be reopened from its token, once that is known.
+    pub fn unusable(&self) -> Option<String> {
+        lock(&self.shared).unusable.clone()
+    }
+
+    /// Waits until the stream is open (at once for one opened by [`Watcher::open`]).
+    pub async fn opened(&self) -> std::result::Result<(), Unavailable> {
+        loop {
+            {
+                let s = lock(&self.shared);
+                if let Some(why) = &s.unusable {
+                    return Err(Unavailable(why.clone()));
+                }
+                if !s.opening {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// The ids collected so far, and the token covering them.
@@ -283,6 +334,41 @@ impl Watcher {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// Opens a stream (after `token`, or just after `begun`) and reads its first batch, which proves
+/// the token is still in the oplog (a lost token fails here).
+async fn open_stream(
+    coll: &Collection<Document>,
+    pipeline: Vec<Document>,
+    token: Option<ResumeToken>,
+    begun: Option<Timestamp>,
+) -> std::result::Result<(ChangeStream<Event>, Option<Event>), Unavailable> {
+    let watch = || {
+        coll.watch()
+            .pipeline(pipeline.clone())
+            .max_await_time(AWAIT)
+    };
+    let stream = match token {
+        Some(t) => watch().resume_after(t).await,
+        None => match begun {
+            // A server that refuses the start time gets a stream from wherever it starts.
+            Some(now) => match watch().start_at_operation_time(just_after(now)).await {
+                Ok(stream) => Ok(stream),
+                Err(e) => {
+                    debug!(error = %e, "a change stream from the current cluster time was refused");
+                    watch().await
+                }
+            },
+            None => watch().await,
+        },
+    };
+    let mut stream = stream.map_err(|e| Unavailable(short(&e)))?;
+    let first = stream
+        .next_if_any()
+        .await
+        .map_err(|e| Unavailable(short(&e)))?;
+    Ok((stream, first))
 }
 
 /// A drain in progress, for the collector's [`idle`] pause.

@@ -24,6 +24,7 @@ use futures::stream::FuturesOrdered;
 use futures::{StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, Document};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
@@ -91,7 +92,7 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
             sessions.extend(saved.map(atomic::sessions_in).unwrap_or_default());
             sessions
         });
-    let watcher = match (catch_up, dry_run) {
+    let mut watcher = match (catch_up, dry_run) {
         (Some(catch_up), false) => {
             open_watcher(
                 ctx,
@@ -109,10 +110,18 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
     // Whether the stream has reported, since the backfill began, every write that can make a
     // document a candidate: then nothing can be left behind the scan that the stream did not
     // name, and no round over the candidates follows the scan.
-    let stream_complete = covered_so_far
-        && watcher.is_some()
-        && catch_up.is_some_and(|c| except.is_some() || removals_cover(&spec.filter, &c.removed));
-    let tagged = |checkpoint| marked(transactions.tagged(checkpoint), stream_complete);
+    let stream_complete = AtomicBool::new(
+        covered_so_far
+            && watcher.is_some()
+            && catch_up
+                .is_some_and(|c| except.is_some() || removals_cover(&spec.filter, &c.removed)),
+    );
+    let tagged = |checkpoint| {
+        marked(
+            transactions.tagged(checkpoint),
+            stream_complete.load(Ordering::Relaxed),
+        )
+    };
     let mut token = watcher.as_ref().and(saved_token);
     if ids_only && spec.checkpoints {
         // The sessions are on record before any transaction opens, for a resume to end them.
@@ -165,6 +174,11 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
             && inflight.len() < options.concurrency.max(1)
             && !ctx.stop().is_stopped()
         {
+            if let Some(why) = watcher.as_ref().and_then(Watcher::unusable) {
+                lost_stream(ctx, &why, &mut stats);
+                (watcher, token) = (None, None);
+                stream_complete.store(false, Ordering::Relaxed);
+            }
             if let Some(w) = watcher
                 .as_ref()
                 .filter(|_| last_take.elapsed() >= CATCH_UP_EVERY)
@@ -279,6 +293,14 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
         progress.finish(&stats);
         return Err(ctx.stop().error());
     }
+    if let Some(Err(Unavailable(why))) = match &watcher {
+        Some(w) => Some(w.opened().await),
+        None => None,
+    } {
+        lost_stream(ctx, &why, &mut stats);
+        (watcher, token) = (None, None);
+        stream_complete.store(false, Ordering::Relaxed);
+    }
     if spec.checkpoints && !dry_run {
         ctx.save_checkpoint(tagged(to_checkpoint(&position, &stats, token.as_ref())))
             .await?;
@@ -293,7 +315,9 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
             ctx,
             spec,
             catch_up,
-            watcher.as_ref().map(|w| (w, stream_complete)),
+            watcher
+                .as_ref()
+                .map(|w| (w, stream_complete.load(Ordering::Relaxed))),
             &mut stats,
             &position,
             token.clone(),
@@ -338,7 +362,6 @@ async fn open_watcher(
     }
     let coll = ctx.db().collection::<Document>(&spec.collection);
     let token = saved.and_then(token_from_bson);
-    let resuming = token.is_some();
     let events = match except {
         Some(sessions) => pipeline_except(sessions),
         None => {
@@ -347,30 +370,37 @@ async fn open_watcher(
             pipeline(&catch_up.updated, &removed)
         }
     };
-    match Watcher::open(&coll, events, token, begun).await {
+    if let Some(token) = token {
+        // Whether the token can still be used is known once the stream is open; until then the
+        // scan goes on (see `Watcher::resume`), and `lost_stream` switches to passes if not.
+        stats.catch_up.mode = STREAM.into();
+        return Some(Watcher::resume(
+            &coll,
+            events,
+            token,
+            ctx.name().to_string(),
+        ));
+    }
+    match Watcher::open(&coll, events, None, begun).await {
         Ok(w) => {
-            if resuming {
-                info!(
-                    migration = ctx.name(),
-                    "change stream resumed from the saved resume token"
-                );
-            } else {
-                info!(migration = ctx.name(), "change stream opened for catch-up");
-            }
+            info!(migration = ctx.name(), "change stream opened for catch-up");
             stats.catch_up.mode = STREAM.into();
             Some(w)
         }
         Err(Unavailable(why)) => {
-            let what = if resuming {
-                "the saved resume token cannot be used"
-            } else {
-                "no change stream on this deployment"
-            };
-            warn!(migration = ctx.name(), reason = %why, "{what}; catching up by passes over the candidates after the scan");
+            warn!(migration = ctx.name(), reason = %why, "no change stream on this deployment; catching up by passes over the candidates after the scan");
             stats.catch_up.mode = PASSES.into();
             None
         }
     }
+}
+
+/// A stream resumed in the background could not use the saved token (it has left the oplog):
+/// catch-up goes by passes over the candidates after the scan, as when the stream cannot be
+/// opened at all, and checkpoints from now on carry no token and do not count on the stream.
+fn lost_stream(ctx: &Context, why: &str, stats: &mut Stats) {
+    warn!(migration = ctx.name(), reason = %why, "the saved resume token cannot be used; catching up by passes over the candidates after the scan");
+    stats.catch_up.mode = PASSES.into();
 }
 
 const STREAM: &str = "change stream";

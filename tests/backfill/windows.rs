@@ -35,6 +35,21 @@ fn clustered_users(seed: u64) -> Vec<Document> {
     data
 }
 
+/// `migrate up` in batches of 30 at 300 users/s: 003 takes about 2.5 s over these users.
+fn slow_run(t: &TestDb) -> crate::common::Running {
+    spawn(
+        t,
+        &[
+            "up",
+            "--batch-size",
+            "30",
+            "--max-docs-per-sec",
+            "300",
+            "--no-progress",
+        ],
+    )
+}
+
 #[tokio::test]
 async fn windows_reach_every_user_across_gaps_and_dense_runs() {
     let data = clustered_users(31);
@@ -71,17 +86,7 @@ async fn a_scan_killed_between_windows_resumes_and_ends_identical() {
     let reference = reference(&data, &[]).await;
     let t = fresh_db("windowkill").await;
     load(&t, &data).await;
-    let mut run = spawn(
-        &t,
-        &[
-            "up",
-            "--batch-size",
-            "30",
-            "--max-docs-per-sec",
-            "300",
-            "--no-progress",
-        ],
-    );
+    let mut run = slow_run(&t);
     run.wait_until("003 a third through", async || {
         scanned(&t, M003).await >= data.len() as i64 / 3
     })
@@ -98,25 +103,18 @@ async fn users_inserted_behind_and_ahead_of_the_windows_are_all_migrated() {
     let data = clustered_users(33);
     let t = fresh_db("windowinserts").await;
     load(&t, &data).await;
-    let mut run = spawn(
-        &t,
-        &[
-            "up",
-            "--batch-size",
-            "30",
-            "--max-docs-per-sec",
-            "300",
-            "--no-progress",
-        ],
-    );
+    let mut run = slow_run(&t);
     run.wait_until("003 under way", async || scanned(&t, M003).await > 0)
         .await;
     let coll = t.db.collection::<Document>("users");
     let mut rng = Rng(34);
     let mut inserted: Vec<ObjectId> = Vec::new();
-    // Until 003 is two thirds through: new ids now (above every user but the largest), ids in
-    // the gaps between the old ones (behind the scan or ahead of it), and below every user.
-    while scanned(&t, M003).await < 2 * data.len() as i64 / 3 && !run.has_exited() {
+    // Until 003 is half through: new ids now (above every user but the largest), ids in the
+    // gaps between the old ones (behind the scan or ahead of it), and below every user. The
+    // other half leaves the stream time to report the last of them before the scan ends (an
+    // insert not yet reported when the last catch-up ends is left to the post-condition, which
+    // then fails the run: the README's known limit).
+    while scanned(&t, M003).await < data.len() as i64 / 2 && !run.has_exited() {
         let mut bytes = [0u8; 12];
         bytes[..4].copy_from_slice(&(1_420_070_400 + rng.below(300_000_000) as u32).to_be_bytes());
         bytes[4..].copy_from_slice(&rng.next().to_be_bytes());

@@ -341,7 +341,15 @@ pub(super) async fn transaction_batch(
                 // A conflict says the application is writing these documents: the batch-size
                 // tuner takes it as it takes a retried failure, and halves the batches.
                 super::retry::count_retry();
-                tracing::debug!(attempt, error = %e, "batch transaction aborted; redoing it");
+                if is_write_conflict(&e) {
+                    // The application writing the batch's documents: routine on a live
+                    // collection, and counted by the tuner.
+                    tracing::debug!(attempt, error = %e, "batch transaction aborted; redoing it");
+                } else {
+                    // A failover, a dropped connection, a restarting server: the operator
+                    // following the log sees the outage and that the run rides it out.
+                    warn!(attempt, error = %e, "a batch transaction failed; retrying it in {delay:?}");
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     // Stopping: the guarded path finishes the batch, as every batch in flight.
@@ -395,6 +403,11 @@ fn unsupported(e: &mongodb::error::Error) -> bool {
         ErrorKind::Transaction { message, .. } => message.contains("replica set"),
         _ => false,
     }
+}
+
+/// WriteConflict: another writer changed a document the transaction wrote.
+fn is_write_conflict(e: &mongodb::error::Error) -> bool {
+    matches!(e.kind.as_ref(), ErrorKind::Command(c) if c.code == 112)
 }
 
 /// A write conflict, a failover, or a commit whose outcome is unknown: the batch is read and

@@ -171,7 +171,8 @@ pub struct Watcher {
 pub struct Unavailable(pub String);
 
 impl Watcher {
-    /// Opens the stream (from `token` when resuming) and starts collecting.
+    /// Opens a new stream and starts collecting (a resumed one is reopened by
+    /// [`Watcher::resume`]).
     ///
     /// A new stream starts just after `begun`, the cluster time the run read before it read
     /// anything (batch transactions read no earlier snapshot, see `atomic`). Left to itself, a
@@ -182,12 +183,11 @@ impl Watcher {
     pub async fn open(
         coll: &Collection<Document>,
         pipeline: Vec<Document>,
-        token: Option<ResumeToken>,
         begun: Option<Timestamp>,
     ) -> std::result::Result<Watcher, Unavailable> {
-        let (stream, first) = open_stream(coll, pipeline, token.clone(), begun).await?;
+        let (stream, first) = open_stream(coll, pipeline, None, begun).await?;
         let shared = Arc::new(Mutex::new(Shared {
-            token: stream.resume_token().or(token),
+            token: stream.resume_token(),
             ..Default::default()
         }));
         if let Some(event) = first {

@@ -24,7 +24,6 @@ use futures::stream::FuturesOrdered;
 use futures::{StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Bson, Document};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
@@ -110,23 +109,18 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
     // Whether the stream has reported, since the backfill began, every write that can make a
     // document a candidate: then nothing can be left behind the scan that the stream did not
     // name, and no round over the candidates follows the scan.
-    let stream_complete = AtomicBool::new(
-        covered_so_far
-            && watcher.is_some()
-            && catch_up
-                .is_some_and(|c| except.is_some() || removals_cover(&spec.filter, &c.removed)),
-    );
-    let tagged = |checkpoint| {
-        marked(
-            transactions.tagged(checkpoint),
-            stream_complete.load(Ordering::Relaxed),
-        )
-    };
+    let mut stream_complete = covered_so_far
+        && watcher.is_some()
+        && catch_up.is_some_and(|c| except.is_some() || removals_cover(&spec.filter, &c.removed));
+    let tagged = |checkpoint, complete| marked(transactions.tagged(checkpoint), complete);
     let mut token = watcher.as_ref().and(saved_token);
     if ids_only && spec.checkpoints {
         // The sessions are on record before any transaction opens, for a resume to end them.
-        ctx.save_checkpoint(tagged(to_checkpoint(&position, &stats, token.as_ref())))
-            .await?;
+        ctx.save_checkpoint(tagged(
+            to_checkpoint(&position, &stats, token.as_ref()),
+            stream_complete,
+        ))
+        .await?;
     }
     let total = coll.estimated_document_count().await.unwrap_or(0);
     let view = options
@@ -175,9 +169,14 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
             && !ctx.stop().is_stopped()
         {
             if let Some(why) = watcher.as_ref().and_then(Watcher::unusable) {
-                lost_stream(ctx, &why, &mut stats);
-                (watcher, token) = (None, None);
-                stream_complete.store(false, Ordering::Relaxed);
+                lost_stream(
+                    ctx,
+                    &why,
+                    &mut stats,
+                    &mut watcher,
+                    &mut token,
+                    &mut stream_complete,
+                );
             }
             if let Some(w) = watcher
                 .as_ref()
@@ -276,9 +275,12 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
         }
         if !dry_run {
             // The checkpoint and the live progress in one write.
-            let checkpoint = spec
-                .checkpoints
-                .then(|| tagged(to_checkpoint(&written, &stats, token.as_ref())));
+            let checkpoint = spec.checkpoints.then(|| {
+                tagged(
+                    to_checkpoint(&written, &stats, token.as_ref()),
+                    stream_complete,
+                )
+            });
             let live =
                 progress.record(&stats, governor.batch_size(), &governor.view(), ctx.actor());
             ctx.save_progress(checkpoint, live).await?;
@@ -293,17 +295,26 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
         progress.finish(&stats);
         return Err(ctx.stop().error());
     }
-    if let Some(Err(Unavailable(why))) = match &watcher {
-        Some(w) => Some(w.opened().await),
+    let unusable = match &watcher {
+        Some(w) => w.opened().await.err(),
         None => None,
-    } {
-        lost_stream(ctx, &why, &mut stats);
-        (watcher, token) = (None, None);
-        stream_complete.store(false, Ordering::Relaxed);
+    };
+    if let Some(Unavailable(why)) = unusable {
+        lost_stream(
+            ctx,
+            &why,
+            &mut stats,
+            &mut watcher,
+            &mut token,
+            &mut stream_complete,
+        );
     }
     if spec.checkpoints && !dry_run {
-        ctx.save_checkpoint(tagged(to_checkpoint(&position, &stats, token.as_ref())))
-            .await?;
+        ctx.save_checkpoint(tagged(
+            to_checkpoint(&position, &stats, token.as_ref()),
+            stream_complete,
+        ))
+        .await?;
     }
     if let (Some(catch_up), false) = (catch_up, dry_run) {
         info!(migration = ctx.name(), scanned = stats.scanned, mode = %stats.catch_up.mode, "scan finished; catching up with concurrent writes");
@@ -315,9 +326,7 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
             ctx,
             spec,
             catch_up,
-            watcher
-                .as_ref()
-                .map(|w| (w, stream_complete.load(Ordering::Relaxed))),
+            watcher.as_ref().map(|w| (w, stream_complete)),
             &mut stats,
             &position,
             token.clone(),
@@ -381,7 +390,7 @@ async fn open_watcher(
             ctx.name().to_string(),
         ));
     }
-    match Watcher::open(&coll, events, None, begun).await {
+    match Watcher::open(&coll, events, begun).await {
         Ok(w) => {
             info!(migration = ctx.name(), "change stream opened for catch-up");
             stats.catch_up.mode = STREAM.into();
@@ -397,10 +406,19 @@ async fn open_watcher(
 
 /// A stream resumed in the background could not use the saved token (it has left the oplog):
 /// catch-up goes by passes over the candidates after the scan, as when the stream cannot be
-/// opened at all, and checkpoints from now on carry no token and do not count on the stream.
-fn lost_stream(ctx: &Context, why: &str, stats: &mut Stats) {
+/// opened at all, and checkpoints from now on carry no token and do not count on the stream
+/// (`run`'s watcher, token and stream-complete flag).
+fn lost_stream(
+    ctx: &Context,
+    why: &str,
+    stats: &mut Stats,
+    watcher: &mut Option<Watcher>,
+    token: &mut Option<Bson>,
+    stream_complete: &mut bool,
+) {
     warn!(migration = ctx.name(), reason = %why, "the saved resume token cannot be used; catching up by passes over the candidates after the scan");
     stats.catch_up.mode = PASSES.into();
+    (*watcher, *token, *stream_complete) = (None, None, false);
 }
 
 const STREAM: &str = "change stream";

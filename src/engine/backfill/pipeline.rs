@@ -108,7 +108,7 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
     };
     // Whether the stream has reported, since the backfill began, every write that can make a
     // document a candidate: then nothing can be left behind the scan that the stream did not
-    // name, and no round over the candidates follows the scan.
+    // name, and one look over the candidates checks that instead of rounds (see `rounds`).
     let mut stream_complete = covered_so_far
         && watcher.is_some()
         && catch_up.is_some_and(|c| except.is_some() || removals_cover(&spec.filter, &c.removed));

@@ -136,8 +136,11 @@ struct Shared {
     token: Option<ResumeToken>,
     /// Cluster time of the last event read.
     last_event_time: Option<Timestamp>,
-    /// `getMore`s that came back empty: every event before them was delivered.
+    /// `getMore`s that came back empty.
     empty_batches: u64,
+    /// The cluster time the last empty batch's resume token stands for, where the server's
+    /// tokens say (MongoDB's do): every event up to it was delivered.
+    empty_through: Option<Timestamp>,
     /// Events read in all.
     events: u64,
     /// When the last event was read.
@@ -295,9 +298,8 @@ impl Watcher {
         lock(&self.shared).events
     }
 
-    /// Waits until every event up to the cluster time `until` was read: an empty batch fetched
-    /// after this call, or an event later than `until`. Gives up after [`DRAIN_LIMIT`], and then
-    /// says so (`false`).
+    /// Waits until every event up to the cluster time `until` was read (see [`drained`]). Gives
+    /// up after [`DRAIN_LIMIT`], and then says so (`false`).
     pub async fn drain(&self, until: Option<Timestamp>) -> Result<bool> {
         let start = {
             let mut s = lock(&self.shared);
@@ -317,14 +319,8 @@ impl Watcher {
                 if let Some(why) = &s.failed {
                     return Err(Error::Config(format!("the change stream stopped: {why}")));
                 }
-                // Two empty batches: the second getMore began after this call.
-                if s.empty_batches >= start + 2 {
+                if drained(&s, start, until) {
                     return Ok(true);
-                }
-                if let (Some(until), Some(last)) = (until, s.last_event_time) {
-                    if (last.time, last.increment) > (until.time, until.increment) {
-                        return Ok(true);
-                    }
                 }
             }
             if begun.elapsed() > DRAIN_LIMIT {
@@ -334,6 +330,49 @@ impl Watcher {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// Whether the stream has delivered every event up to the cluster time `until`, for a drain
+/// that began when `start` empty batches had come back:
+/// - an event later than `until` was read (events arrive in cluster-time order);
+/// - an empty batch whose resume token stands for `until` or later: a server reports in the
+///   token of an empty batch how far it has read (MongoDB's postBatchResumeToken). An empty
+///   batch alone proves less there: a replica set's stream reports only majority-committed
+///   writes, so an application write acknowledged before `until` but not yet replicated comes
+///   in a later batch;
+/// - where tokens do not say their time: two empty batches since the drain began, the second
+///   fetched after it began.
+fn drained(s: &Shared, start: u64, until: Option<Timestamp>) -> bool {
+    let later = |a: Timestamp, b: Timestamp| (a.time, a.increment) > (b.time, b.increment);
+    if let (Some(until), Some(last)) = (until, s.last_event_time) {
+        if later(last, until) {
+            return true;
+        }
+    }
+    match (until, s.empty_through) {
+        (Some(until), Some(through)) => !later(until, through),
+        _ => s.empty_batches >= start + 2,
+    }
+}
+
+/// The cluster time a resume token stands for, where the token says it in MongoDB's form: a hex
+/// string whose first byte is the type of a timestamp (130) and whose next eight are the
+/// timestamp, big-endian (seconds, then increment). `None` for any other form: servers may
+/// encode their tokens their own way, and the drain then goes by empty batches alone.
+pub fn token_time(token: &ResumeToken) -> Option<Timestamp> {
+    let data = mongodb::bson::to_document(token).ok()?;
+    let hex = data.get_str("_data").ok()?;
+    let byte = |i: usize| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok();
+    if byte(0)? != 130 {
+        return None;
+    }
+    let word = |from: usize| -> Option<u32> {
+        (from..from + 4).try_fold(0u32, |acc, i| Some(acc << 8 | u32::from(byte(i)?)))
+    };
+    Some(Timestamp {
+        time: word(1)?,
+        increment: word(5)?,
+    })
 }
 
 /// Opens a stream (after `token`, or just after `begun`) and reads its first batch, which proves
@@ -447,6 +486,7 @@ async fn collect(mut stream: ChangeStream<Event>, shared: Arc<Mutex<Shared>>) {
                 {
                     let mut s = lock(&shared);
                     s.empty_batches += 1;
+                    s.empty_through = stream.resume_token().as_ref().and_then(token_time);
                     // Idle: the high-water mark moves past events that did not match.
                     if s.ids.is_empty() {
                         if let Some(t) = stream.resume_token() {
@@ -518,8 +558,73 @@ pub fn token_from_bson(value: &Bson) -> Option<ResumeToken> {
 
 #[cfg(test)]
 mod tests {
-    use super::{key_of, removals_cover};
-    use mongodb::bson::{doc, oid::ObjectId, Bson};
+    use super::{drained, key_of, removals_cover, token_time, Shared};
+    use mongodb::bson::{doc, oid::ObjectId, Bson, Timestamp};
+    use mongodb::change_stream::event::ResumeToken;
+
+    fn token(data: &str) -> ResumeToken {
+        mongodb::bson::from_document(doc! { "_data": data }).unwrap()
+    }
+
+    fn at(time: u32, increment: u32) -> Timestamp {
+        Timestamp { time, increment }
+    }
+
+    #[test]
+    fn a_mongodb_token_says_its_cluster_time() {
+        // A MongoDB 6 event token: 82, the timestamp, then the rest of the key.
+        let event = token("8263F7A2B9000000072B022C0100296E5A1004AB12CD34EF5646645F696400645A1004");
+        assert_eq!(token_time(&event), Some(at(0x63F7_A2B9, 7)));
+        // A high-water-mark token (an empty batch's postBatchResumeToken).
+        let mark = token("8265A1B2C3000000012B0229296E04");
+        assert_eq!(token_time(&mark), Some(at(0x65A1_B2C3, 1)));
+    }
+
+    #[test]
+    fn tokens_of_other_forms_say_no_time() {
+        // The test server's: a hex BSON document.
+        let other = token("2B000000127300040000000000000011740006000000911D0E6B026E000100000000036B00050000000000");
+        assert_eq!(token_time(&other), None);
+        for data in ["", "82", "8263F7A2", "82ZZF7A2B900000007", "é"] {
+            assert_eq!(token_time(&token(data)), None, "{data}");
+        }
+    }
+
+    #[test]
+    fn an_empty_batch_drains_the_stream_only_as_far_as_its_token_says() {
+        let until = Some(at(100, 5));
+        let mut s = Shared {
+            empty_batches: 3,
+            empty_through: Some(at(100, 4)),
+            ..Default::default()
+        };
+        // Behind `until`, however many empty batches came back.
+        assert!(!drained(&s, 0, until));
+        s.empty_through = Some(at(100, 5));
+        assert!(drained(&s, 3, until));
+        s.empty_through = Some(at(101, 0));
+        assert!(drained(&s, 3, until));
+        // An event after `until` proves it too.
+        s.empty_through = Some(at(99, 0));
+        s.last_event_time = Some(at(100, 6));
+        assert!(drained(&s, 3, until));
+        s.last_event_time = Some(at(100, 5));
+        assert!(!drained(&s, 3, until));
+    }
+
+    #[test]
+    fn without_token_times_two_empty_batches_since_the_drain_began_drain_it() {
+        let mut s = Shared {
+            empty_batches: 4,
+            ..Default::default()
+        };
+        assert!(!drained(&s, 3, Some(at(100, 5))));
+        s.empty_batches = 5;
+        assert!(drained(&s, 3, Some(at(100, 5))));
+        // Without a cluster time to drain to, the same.
+        assert!(drained(&s, 3, None));
+        assert!(!drained(&s, 4, None));
+    }
 
     #[test]
     fn ids_have_the_same_key_exactly_when_they_are_the_same_value() {

@@ -539,6 +539,115 @@ async fn rollback_after_sigkill_ends_the_open_batch_transactions_and_restores_ex
 }
 
 #[tokio::test]
+async fn a_writer_during_rollback_keeps_every_balance_it_set_and_every_other_user_is_restored() {
+    let (t, before) = prepared("rollwrite", 12).await;
+    let out = migrate(&t, &["up", "--no-progress"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // The application sets balances while the rollback restores them: each value is new, so
+    // the last one each user got is known.
+    let stop = Arc::new(AtomicBool::new(false));
+    let coll = t.db.collection::<Document>("users");
+    let writer = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut rng = Rng(0x5eed);
+            let mut last: HashMap<i64, f64> = HashMap::new();
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let id = (rng.next() % USERS as u64) as i64;
+                n += 1;
+                let balance = 100_000.0 + f64::from(n);
+                coll.update_one(
+                    doc! { "_id": id },
+                    doc! { "$set": { "withdrawableBalance": balance } },
+                )
+                .await
+                .unwrap();
+                last.insert(id, balance);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            last
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let out = migrate(&t, &["rollback", "--yes"]).await;
+    stop.store(true, Ordering::Relaxed);
+    let last = writer.await.unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(last.len() > 50, "the writer set {} balances", last.len());
+    let now = withdrawal_fields(&t).await;
+    let last: HashMap<String, f64> = last
+        .into_iter()
+        .map(|(id, balance)| (id_key(&Bson::Int64(id)), balance))
+        .collect();
+    let mut wrong = Vec::new();
+    for (id, fields) in &before {
+        let user = &now[id];
+        let expected = match last.get(id) {
+            // Never overwritten by the rollback, whenever the application wrote it.
+            Some(balance) => {
+                let mut f = fields.clone();
+                f.insert("withdrawableBalance", *balance);
+                f
+            }
+            None => fields.clone(),
+        };
+        if bytes(user) != bytes(&expected) {
+            wrong.push(format!("{id}: {user} expected {expected}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} user(s) wrong after the rollback; first: {}",
+        wrong.len(),
+        wrong[0]
+    );
+    let report = t
+        .record(M003)
+        .await
+        .and_then(|r| r.get_document("rollbackResult").ok().cloned())
+        .unwrap();
+    // Those the application changed before their turn came are reported, never restored.
+    let conflicts = report.get_i64("conflicts").unwrap();
+    assert!(conflicts <= last.len() as i64, "{report}");
+    t.db.drop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_rollback_killed_mid_way_is_finished_by_the_next_without_waiting_on_its_transaction() {
+    let (t, before) = prepared("killrestore", 13).await;
+    let out = migrate(&t, &["up", "--batch-size", "100", "--no-progress"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let images = t.db.collection::<Document>("migrations_before_images");
+    let chunks = async || {
+        images
+            .count_documents(doc! { "migration": M003 })
+            .await
+            .unwrap()
+    };
+    let saved = chunks().await;
+    let mut run = Running::start(&t, &["rollback", "--yes"]);
+    run.wait_until("the rollback's first batch", async || {
+        chunks().await < saved
+    })
+    .await;
+    run.kill().await;
+    assert_eq!(t.status(M003).await, "rolling_back");
+    let out = migrate(&t, &["rollback", "--yes"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // The killed rollback's transaction is ended first: it would otherwise hold its users
+    // until the server ends it.
+    assert!(
+        read(&t.log_file()).contains("ended the transaction the interrupted rollback left open"),
+        "{}",
+        read(&t.log_file())
+    );
+    assert_fields_restored(&t, &before).await;
+    assert_eq!(chunks().await, 0);
+    t.db.drop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_failed_003_is_rolled_back_and_001_002_stay_applied() {
     let t = fresh_db("failroll").await;
     let mut docs = users(3000, 8);

@@ -396,7 +396,7 @@ impl From<mongodb::error::Error> for Failed {
 
 /// IllegalOperation ("Transaction numbers are only allowed on a replica set member or mongos"),
 /// or a driver that sees no session support.
-fn unsupported(e: &mongodb::error::Error) -> bool {
+pub(super) fn unsupported(e: &mongodb::error::Error) -> bool {
     match e.kind.as_ref() {
         ErrorKind::Command(c) => c.code == 20,
         ErrorKind::SessionsNotSupported => true,
@@ -412,7 +412,7 @@ fn is_write_conflict(e: &mongodb::error::Error) -> bool {
 
 /// A write conflict, a failover, or a commit whose outcome is unknown: the batch is read and
 /// written again (a committed batch leaves no candidates to write twice).
-fn retryable(e: &mongodb::error::Error) -> bool {
+pub(super) fn retryable(e: &mongodb::error::Error) -> bool {
     e.contains_label(TRANSIENT_TRANSACTION_ERROR)
         || e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
         || super::retry::is_transient(e)

@@ -120,8 +120,11 @@ const RESTORE_BATCH: usize = 1000;
 /// Restores every document `migration` changed, newest entry first, deleting the chunks once
 /// applied (so an interrupted restore resumes where it stopped). Chunks are taken together until
 /// about `RESTORE_BATCH` entries, so one-entry chunks (saved per document while the application
-/// wrote) cost no more than batch chunks.
+/// wrote) cost no more than batch chunks. Each batch goes in a transaction where the deployment
+/// has them (see `restore_atomic`); what that leaves, and every batch
+/// elsewhere, goes by guarded statements.
 pub async fn restore(db: &Database, migration: &str, stop: &Stop) -> Result<RestoreReport> {
+    let mut restorer = super::restore_atomic::Restorer::default();
     let chunks = db.collection::<Document>(BEFORE_IMAGES);
     let order = mongodb::IndexModel::builder()
         .keys(doc! { "migration": 1, "createdAt": -1, "_id": -1 })
@@ -130,45 +133,32 @@ pub async fn restore(db: &Database, migration: &str, stop: &Stop) -> Result<Rest
         chunks.create_index(order.clone())
     })
     .await?;
+    restorer.begin(db, migration).await;
     let mut report = RestoreReport::default();
     // Documents not in the before-state of their oldest entry seen so far: an older entry (in a
     // later batch) may still restore them; whatever is left at the end changed since.
     let mut unresolved: HashMap<Vec<u8>, (String, Document)> = HashMap::new();
+    let mut reader = ChunkReader::new(db, migration, stop);
     loop {
         if stop.is_stopped() {
             return Err(stop.error());
         }
-        let filter = doc! { "migration": migration };
-        let found: Vec<Document> = with_retry("reading before-images", stop, || async {
-            chunks
-                .find(filter.clone())
-                .sort(NEWEST_FIRST.clone())
-                .limit(RESTORE_BATCH as i64)
-                .await?
-                .try_collect()
-                .await
-        })
-        .await?;
-        if found.is_empty() {
-            break;
-        }
         // By collection, newest first, up to RESTORE_BATCH entries (at least one chunk).
-        let collection = found[0]
-            .get_str("collection")
-            .unwrap_or("users")
-            .to_string();
+        let Some(first) = reader.next().await? else {
+            break;
+        };
+        let collection = first.get_str("collection").unwrap_or("users").to_string();
         let mut taken = Vec::new();
         let mut entries: Vec<Document> = Vec::new();
-        for chunk in &found {
-            if chunk.get_str("collection").unwrap_or("users") != collection
-                || (!taken.is_empty() && entries.len() >= RESTORE_BATCH)
-            {
+        let mut chunk = Some(first);
+        while let Some(c) = chunk {
+            if c.get_str("collection").unwrap_or("users") != collection {
+                reader.hold(c);
                 break;
             }
-            taken.push(chunk.get("_id").cloned().unwrap_or(Bson::Null));
+            taken.push(c.get("_id").cloned().unwrap_or(Bson::Null));
             entries.extend(
-                chunk
-                    .get_array("entries")
+                c.get_array("entries")
                     .map(|a| {
                         a.iter()
                             .filter_map(|e| e.as_document().cloned())
@@ -176,16 +166,25 @@ pub async fn restore(db: &Database, migration: &str, stop: &Stop) -> Result<Rest
                     })
                     .unwrap_or_default(),
             );
+            if entries.len() >= RESTORE_BATCH {
+                break;
+            }
+            // A cursor that failed ends the batch here: the next one reopens it after this
+            // batch's chunks are deleted, so none comes back twice.
+            chunk = reader.next_in_batch().await?;
         }
-        restore_entries(
-            db,
-            &collection,
-            &entries,
-            &mut report,
-            &mut unresolved,
-            stop,
-        )
-        .await?;
+        let left = match restorer.batch(db, &collection, &entries).await {
+            Some(done) => {
+                // Each document counted once, however many entries it had.
+                report.restored += done.restored.len() as u64;
+                for key in &done.restored {
+                    unresolved.remove(key);
+                }
+                done.left
+            }
+            None => entries,
+        };
+        restore_entries(db, &collection, &left, &mut report, &mut unresolved, stop).await?;
         with_retry("deleting applied before-images", stop, || {
             chunks.delete_many(doc! { "_id": { "$in": taken.clone() } })
         })
@@ -210,6 +209,87 @@ pub async fn restore(db: &Database, migration: &str, stop: &Stop) -> Result<Rest
         }
     }
     Ok(report)
+}
+
+/// The chunks of one migration, newest first, through one cursor. A query per batch would make
+/// a server that evaluates a query's whole result before it returns the first document (the
+/// test server) read every chunk left again for every batch: the restore of 100,000 users spent
+/// most of its time there. A cursor that fails is reopened; chunks already applied are deleted
+/// by then, so the new one starts where the restore stands.
+struct ChunkReader<'a> {
+    chunks: mongodb::Collection<Document>,
+    migration: &'a str,
+    stop: &'a Stop,
+    cursor: Option<mongodb::Cursor<Document>>,
+    held: Option<Document>,
+    failures: u32,
+}
+
+impl<'a> ChunkReader<'a> {
+    fn new(db: &Database, migration: &'a str, stop: &'a Stop) -> ChunkReader<'a> {
+        ChunkReader {
+            chunks: db.collection::<Document>(BEFORE_IMAGES),
+            migration,
+            stop,
+            cursor: None,
+            held: None,
+            failures: 0,
+        }
+    }
+
+    /// Gives back a chunk read too far (another collection's): the next call returns it.
+    fn hold(&mut self, chunk: Document) {
+        self.held = Some(chunk);
+    }
+
+    /// The next chunk, reopening the cursor (as often as `with_retry` would retry) on transient
+    /// failures; `None` when every chunk was read.
+    async fn next(&mut self) -> Result<Option<Document>> {
+        loop {
+            match self.next_in_batch().await? {
+                Some(chunk) => return Ok(Some(chunk)),
+                None if self.cursor.is_some() => return Ok(None),
+                // The cursor failed and was dropped: reopen it.
+                None => continue,
+            }
+        }
+    }
+
+    /// The next chunk; `None` at the end, and also when the cursor failed (it is then dropped,
+    /// and the next call reopens it).
+    async fn next_in_batch(&mut self) -> Result<Option<Document>> {
+        if let Some(chunk) = self.held.take() {
+            return Ok(Some(chunk));
+        }
+        let what = "reading before-images";
+        if self.cursor.is_none() {
+            let filter = doc! { "migration": self.migration };
+            let chunks = &self.chunks;
+            self.cursor = Some(
+                with_retry(what, self.stop, || {
+                    chunks
+                        .find(filter.clone())
+                        .sort(NEWEST_FIRST.clone())
+                        .batch_size(16)
+                })
+                .await?,
+            );
+        }
+        let cursor = self.cursor.as_mut().expect("opened above");
+        match cursor.try_next().await {
+            Ok(chunk) => {
+                self.failures = 0;
+                Ok(chunk)
+            }
+            Err(e) if super::retry::is_transient(&e) && self.failures < 6 => {
+                self.failures += 1;
+                tracing::warn!(error = %e, "{what} failed; reopening the cursor");
+                self.cursor = None;
+                Ok(None)
+            }
+            Err(e) => Err(crate::engine::error::Error::db(what)(e)),
+        }
+    }
 }
 
 async fn current_of(

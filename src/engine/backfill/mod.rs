@@ -24,6 +24,7 @@ mod per_document;
 mod pipeline;
 mod progress;
 mod readback;
+mod restore_atomic;
 mod retry;
 mod scan;
 mod server;

@@ -204,9 +204,13 @@ async fn attempt(
             .remove(&key)
             .and_then(|document| end_state(document, &chain));
         if let Some(update) = end {
-            let mut bytes = Vec::new();
-            let _ = update.to_writer(&mut bytes);
-            ends.entry(bytes).or_insert((update, Vec::new())).1.push(id);
+            // Nothing to put back (entries that changed nothing): no statement, for an empty
+            // update document would replace the whole document with nothing.
+            if !update.is_empty() {
+                let mut bytes = Vec::new();
+                let _ = update.to_writer(&mut bytes);
+                ends.entry(bytes).or_insert((update, Vec::new())).1.push(id);
+            }
             restored.push(key);
         }
     }
@@ -369,6 +373,12 @@ mod tests {
         let update = end_state(doc! { "_id": 1 }, &[&e]).unwrap();
         assert_eq!(update, doc! { "$set": { "old": "x" } });
         assert_eq!(end_state(doc! { "_id": 1, "old": Bson::Null }, &[&e]), None);
+    }
+
+    #[test]
+    fn an_entry_that_changed_nothing_puts_nothing_back() {
+        let e = entry(doc! {}, &[], doc! {}, &[]);
+        assert_eq!(end_state(doc! { "_id": 1, "b": 1 }, &[&e]), Some(doc! {}));
     }
 
     #[test]

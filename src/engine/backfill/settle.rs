@@ -120,8 +120,8 @@ async fn process_docs(ctx: &Context, spec: &Backfill, docs: Vec<Document>) -> Re
 /// document found means events went missing on their way (the test server drops some, see the
 /// README) or the scan's ranges missed it (servers have disagreed with their own sort order over
 /// the rarer `_id` types), and is said in the log; that, or a drain that gives up, brings back
-/// full rounds. Left unchecked, such a document would only surface in the migration's post-condition
-/// and fail the run.
+/// full rounds. Left unchecked, such a document would only surface in the migration's
+/// post-condition, and fail the run.
 pub async fn rounds(
     ctx: &Context,
     spec: &Backfill,

@@ -343,7 +343,7 @@ async fn run(users: u64, bench: bool, quick: bool) -> usize {
     let mut floor_times = Vec::new();
     let mut up_times = Vec::new();
     let mut rss_n = 0;
-    let mut kept: Option<TestDb> = None;
+    let mut ups = Vec::new();
     for round in 1..=2 {
         let floor = before_003(&format!("floor{round}"), users).await;
         floor_times.push(
@@ -358,15 +358,11 @@ async fn run(users: u64, bench: bool, quick: bool) -> usize {
         rss_n = rss_n.max(rss);
         // Every variant must produce 003's result; each is checked against (4), then dropped.
         check_and_drop(&up, floor, "floor", &mut failures).await;
-        match kept.take() {
-            Some(first) => {
-                check_and_drop(&first, up, "the second migrate up", &mut failures).await;
-                kept = Some(first);
-            }
-            None => kept = Some(up),
-        }
+        ups.push(up);
     }
-    let migrate = kept.expect("two rounds ran");
+    let second = ups.pop().expect("two rounds ran");
+    let migrate = ups.pop().expect("two rounds ran");
+    check_and_drop(&migrate, second, "the second migrate up", &mut failures).await;
     let best = |times: &[Duration]| times.iter().copied().min().expect("two rounds ran");
     rows.push(Row {
         name: "(1) floor: one pipeline updateMany (best of 2)",

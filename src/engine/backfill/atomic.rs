@@ -27,8 +27,8 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 /// Attempts of one batch before it goes the guarded way (each failed on a write conflict: the
-/// application kept writing the batch's documents).
-const ATTEMPTS: u32 = 5;
+/// application kept writing the batch's documents). A rollback's batches too (`restore_atomic`).
+pub(super) const ATTEMPTS: u32 = 5;
 
 /// Whether the deployment runs transactions, shared by a run's batches (unknown until tried),
 /// and the sessions the batches run them in.
@@ -441,15 +441,22 @@ async fn attempt_once(
     outcome
 }
 
-async fn attempt_in(
-    job: &Job<'_>,
-    session: &mut ClientSession,
-) -> std::result::Result<Attempt, Failed> {
+/// Starts a transaction whose reads all come from one snapshot, which is what lets a batch (and
+/// a rollback's batch) write without per-document guards: a document changed after the snapshot
+/// makes the write conflict. Committed with majority, so a failover does not undo it.
+pub(super) async fn start_snapshot(session: &mut ClientSession) -> mongodb::error::Result<()> {
     session
         .start_transaction()
         .read_concern(ReadConcern::snapshot())
         .write_concern(WriteConcern::majority())
-        .await?;
+        .await
+}
+
+async fn attempt_in(
+    job: &Job<'_>,
+    session: &mut ClientSession,
+) -> std::result::Result<Attempt, Failed> {
+    start_snapshot(session).await?;
     match in_transaction(job, session).await {
         Ok(Attempt::Committed(stats)) => {
             session.commit_transaction().await?;

@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 /// How long one `getMore` on the stream waits for events: short, so a drain ends quickly on a
-/// quiet collection (an empty batch proves every earlier event was delivered).
+/// quiet collection (see [`drained`] for what an empty batch proves).
 const AWAIT: Duration = Duration::from_millis(100);
 /// After an empty batch, the next `getMore` waits up to this long, unless a drain is waiting.
 /// A `getMore` that awaits events is work for the server for as long as it waits (on the test
@@ -359,7 +359,7 @@ fn drained(s: &Shared, start: u64, until: Option<Timestamp>) -> bool {
 /// string whose first byte is the type of a timestamp (130) and whose next eight are the
 /// timestamp, big-endian (seconds, then increment). `None` for any other form: servers may
 /// encode their tokens their own way, and the drain then goes by empty batches alone.
-pub fn token_time(token: &ResumeToken) -> Option<Timestamp> {
+fn token_time(token: &ResumeToken) -> Option<Timestamp> {
     let data = mongodb::bson::to_document(token).ok()?;
     let hex = data.get_str("_data").ok()?;
     let byte = |i: usize| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok();

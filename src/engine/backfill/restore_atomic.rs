@@ -12,25 +12,20 @@
 //! batch is read and worked out again. Documents where an entry does not apply (changed since,
 //! already restored, gone) go on to the guarded statements, which tell those cases apart.
 
-use super::atomic::{retryable, unsupported};
+use super::atomic::{retryable, start_snapshot, unsupported, ATTEMPTS};
 use super::before_image::strings;
 use crate::engine::bson_ext::unset;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
-use mongodb::options::{ReadConcern, WriteConcern};
 use mongodb::{ClientSession, Database};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use tracing::{debug, info, warn};
 
-/// Attempts at one batch before its entries go to the guarded statements.
-const ATTEMPTS: u32 = 5;
-
-/// A restore's transactions: one session, and whether the deployment runs them (unknown until
-/// tried).
+/// A restore's transactions, in one session: none before [`Restorer::begin`], nor once the
+/// deployment turned out to have none.
 #[derive(Default)]
 pub(super) struct Restorer {
-    unavailable: bool,
     session: Option<ClientSession>,
 }
 
@@ -103,14 +98,8 @@ impl Restorer {
         collection: &str,
         entries: &[Document],
     ) -> Option<Restored> {
-        if self.unavailable || entries.is_empty() {
+        if entries.is_empty() {
             return None;
-        }
-        if self.session.is_none() {
-            match db.client().start_session().await {
-                Ok(session) => self.session = Some(session),
-                Err(e) => return self.unusable(&e),
-            }
         }
         let mut delay = Duration::from_millis(20);
         for attempt in 1..=ATTEMPTS {
@@ -136,7 +125,6 @@ impl Restorer {
 
     fn unusable(&mut self, e: &mongodb::error::Error) -> Option<Restored> {
         info!(error = %e, "no transactions here: the rollback restores each document with a guarded statement");
-        self.unavailable = true;
         self.session = None;
         None
     }
@@ -148,11 +136,7 @@ async fn attempt_in(
     entries: &[Document],
     session: &mut ClientSession,
 ) -> mongodb::error::Result<Option<Restored>> {
-    session
-        .start_transaction()
-        .read_concern(ReadConcern::snapshot())
-        .write_concern(WriteConcern::majority())
-        .await?;
+    start_snapshot(session).await?;
     match attempt(db, collection, entries, session).await {
         Ok(Some(done)) => {
             session.commit_transaction().await?;

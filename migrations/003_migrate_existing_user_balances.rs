@@ -5,6 +5,9 @@
 //! (missing, null, 0) get 0. Invalid earnings are never converted: the user is left untouched and
 //! reported. Users whose withdrawal fields already moved (non-zero) are not candidates, so the
 //! application's data is never overwritten, and each write is guarded on the fields it read.
+//! A user this migration wrote stays its own only while all three withdrawal fields hold what it
+//! wrote; once the application sets any of them (a withdrawal, a reset to 0), the user is the
+//! application's and is never written again, whatever its earnings do.
 //! Before-images of every changed user let `down` restore the previous fields exactly.
 
 use crate::backfill::{self, Backfill, CatchUp, Change, FastPath, Transform};
@@ -160,6 +163,7 @@ fn left_unmigrated() -> Document {
 fn backfill_spec() -> Backfill {
     let mut spec = Backfill::new(USERS, candidates(), Transform::Client(Arc::new(transform)))
         .fields(&[EARNINGS, BALANCE, "totalWithdrawn", "pendingWithdrawals"])
+        .owning(&FIELDS)
         .with_before_images()
         .with_fast_path(fast_path())
         // Earnings changed, or a withdrawal field removed, can make a user owed a balance again.
@@ -196,6 +200,12 @@ impl Migration for MigrateExistingUserBalances {
             "{verb} withdrawal balances of {} user(s); {} already right, {} invalid left untouched, {} changed concurrently",
             stats.modified, stats.unchanged, stats.invalid, stats.conflicts
         );
+        if stats.moved > 0 {
+            message.push_str(&format!(
+                "; {} user(s) the application moved after this migration wrote them kept the application's values",
+                stats.moved
+            ));
+        }
         let caught = &stats.catch_up;
         if caught.modified > 0 || caught.invalid > 0 {
             message.push_str(&format!(
@@ -227,7 +237,9 @@ impl Migration for MigrateExistingUserBalances {
 
     /// No eligible user is left unmigrated: every candidate (balance not moved) lacking a field,
     /// or still at the defaults with earnings worth at least a cent of balance, must be one with
-    /// invalid earnings. A user whose balance moved is never a candidate, even if it lacks a field.
+    /// invalid earnings, or one the application moved after this migration wrote it (a balance
+    /// reset to 0), which is the application's. A user whose balance moved before this migration
+    /// is never a candidate, even if it lacks a field.
     async fn verify(&self, ctx: &Context) -> Result<()> {
         let filter = doc! { "$and": [untouched_by_application(), left_unmigrated()] };
         let users = ctx.db().collection::<Document>(USERS);
@@ -238,20 +250,23 @@ impl Migration for MigrateExistingUserBalances {
             )
             .await
             .map_err(Error::db("checking that every eligible user was migrated"))?;
-        let mut unmigrated = 0u64;
-        let mut samples = Vec::new();
+        let mut left = Vec::new();
         while let Some(user) = cursor
             .try_next()
             .await
             .map_err(Error::db("checking that every eligible user was migrated"))?
         {
             if !matches!(transform(&user), Change::Invalid(_) | Change::Unchanged) {
-                unmigrated += 1;
-                if samples.len() < 5 {
-                    samples.push(user.get("_id").cloned().unwrap_or(Bson::Null));
-                }
+                left.push(user);
             }
         }
+        let left = backfill::not_moved(ctx, &backfill_spec(), left).await?;
+        let unmigrated = left.len();
+        let samples: Vec<Bson> = left
+            .iter()
+            .take(5)
+            .map(|u| u.get("_id").cloned().unwrap_or(Bson::Null))
+            .collect();
         if unmigrated > 0 {
             return Err(Error::migration(
                 ctx.name(),

@@ -81,13 +81,62 @@ fn id_key(id: &Bson) -> String {
         .collect()
 }
 
-/// Every user untouched before 003 (all three fields 0) holds the rule's balance for its
-/// current earnings (or, invalid, what it had); every other user holds what it had.
-async fn assert_balances_follow_current_earnings(t: &TestDb, before: &HashMap<String, Document>) {
+/// What the application did to users, as its writer logged it: the checks below compute what
+/// each user must hold from this log and the data as loaded, never from anything 003 recorded.
+#[derive(Default)]
+struct AppLog {
+    /// Users whose withdrawal fields the application set (a withdrawal started, a balance reset
+    /// that changed it): the three fields as its last such write left them. Such a user is the
+    /// application's, and no migration may change them again.
+    moved: HashMap<String, Document>,
+    /// Users it inserted, with the withdrawal fields they were inserted with.
+    inserted: HashMap<String, Document>,
+    /// Users it deleted.
+    deleted: std::collections::HashSet<String>,
+}
+
+/// The withdrawal fields of `user`.
+fn fields_of(user: &Document) -> Document {
+    let mut fields = Document::new();
+    for f in FIELDS {
+        if let Some(v) = user.get(f) {
+            fields.insert(f, v.clone());
+        }
+    }
+    fields
+}
+
+/// Every user holds, type-exact: what the application last set, if it set a withdrawal field;
+/// else, if untouched before 003 (all three fields 0), the rule's balance for its current
+/// earnings (or, invalid, what it had); else what it had. Deleted users are gone.
+async fn assert_balances_follow_current_earnings(
+    t: &TestDb,
+    before: &HashMap<String, Document>,
+    app: &AppLog,
+) {
     let mut wrong = Vec::new();
+    let mut moved_kept = 0;
     for user in t.all("users").await {
         let id = user.get("_id").unwrap().clone();
-        let was = &before[&id_key(&id)];
+        let key = id_key(&id);
+        let actual = fields_of(&user);
+        if app.deleted.contains(&key) {
+            wrong.push(format!("{user} was deleted by the application"));
+            continue;
+        }
+        if let Some(set) = app.moved.get(&key) {
+            moved_kept += 1;
+            if bytes(&actual) != bytes(set) {
+                wrong.push(format!(
+                    "{user} was moved by the application, which left {set}"
+                ));
+            }
+            continue;
+        }
+        let was = before
+            .get(&key)
+            .or_else(|| app.inserted.get(&key))
+            .unwrap_or_else(|| panic!("{user} was neither loaded nor inserted"));
         let untouched = FIELDS.iter().all(|f| {
             matches!(was.get(f), Some(Bson::Int32(0)) | Some(Bson::Int64(0)))
                 || was.get(f) == Some(&Bson::Double(0.0))
@@ -98,39 +147,45 @@ async fn assert_balances_follow_current_earnings(t: &TestDb, before: &HashMap<St
                 expected.insert("withdrawableBalance", half);
             }
         }
-        let mut actual = Document::new();
-        for f in FIELDS {
-            if let Some(v) = user.get(f) {
-                actual.insert(f, v.clone());
-            }
-        }
         if bytes(&actual) != bytes(&expected) {
             wrong.push(format!("{user} expected {expected}"));
         }
     }
     assert!(
         wrong.is_empty(),
-        "{} user(s) do not hold the balance of their current earnings; first: {}",
+        "{} user(s) do not hold the balance of their current earnings ({moved_kept} moved by the application); first: {}",
         wrong.len(),
         wrong[0]
     );
 }
 
-/// Rollback put every user's withdrawal fields back exactly, and, since the writer never touches
-/// them, reported no user as changed since the migration.
-async fn assert_fields_restored(t: &TestDb, before: &HashMap<String, Document>) {
+/// Rollback put every user's withdrawal fields back exactly, but for those the application
+/// moved, which keep what it set, and those it deleted; only those may be reported as changed
+/// since the migration.
+async fn assert_fields_restored(t: &TestDb, before: &HashMap<String, Document>, app: &AppLog) {
     if let Some(report) = t
         .record(M003)
         .await
         .and_then(|r| r.get_document("rollbackResult").ok().cloned())
     {
-        assert_eq!(report.get_i64("conflicts").unwrap(), 0, "{report}");
+        // A deleted user is reported as changed since too: there is nothing left to restore.
+        let conflicts = report.get_i64("conflicts").unwrap();
+        assert!(
+            conflicts <= (app.moved.len() + app.deleted.len()) as i64,
+            "{report}"
+        );
     }
     let now = withdrawal_fields(t).await;
-    let wrong: Vec<_> = before
+    let mut expected: HashMap<&String, &Document> = before.iter().collect();
+    expected.extend(app.inserted.iter());
+    expected.extend(app.moved.iter());
+    for deleted in &app.deleted {
+        expected.remove(deleted);
+    }
+    let wrong: Vec<_> = expected
         .iter()
-        .filter(|(id, fields)| now.get(*id).map(bytes) != Some(bytes(fields)))
-        .map(|(id, fields)| format!("{id}: {fields} now {:?}", now.get(id)))
+        .filter(|(id, fields)| now.get(**id).map(bytes) != Some(bytes(fields)))
+        .map(|(id, fields)| format!("{id}: {fields} now {:?}", now.get(*id)))
         .collect();
     assert!(
         wrong.is_empty(),
@@ -138,13 +193,14 @@ async fn assert_fields_restored(t: &TestDb, before: &HashMap<String, Document>) 
         wrong.len(),
         wrong[0]
     );
+    assert_eq!(now.len(), expected.len(), "users appeared or vanished");
 }
 
-/// Sets `affiliateEarnings` of random users to positive amounts until stopped.
+/// Writes to random users until stopped, logging what it did (see [`AppLog`]).
 struct Writer {
     stop: Arc<AtomicBool>,
     writes: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<AppLog>,
 }
 
 /// What a [`Writer`] changes.
@@ -152,11 +208,18 @@ struct Writer {
 enum Writes {
     /// `affiliateEarnings`, to positive amounts.
     Earnings,
-    /// A third each: earnings as above; resets of the balance of users whose other withdrawal
-    /// fields are 0, which makes a user 003 already wrote a candidate again (a write no
-    /// earnings-watching stream reports); and a field 003 does not read.
+    /// A third each: earnings as above; resets to 0 of balances 003 wrote (users whose other
+    /// withdrawal fields are 0), which makes such a user a candidate again, and the
+    /// application's; and a field 003 does not read.
     Mixed,
+    /// The application in production: 55% earnings changes, 12% inserts of new users, 5%
+    /// deletes, 5% withdrawals started (`pendingWithdrawals` set on a user with a balance), 3%
+    /// balance resets as in `Mixed`, 20% a field 003 does not read.
+    Production,
 }
+
+/// `_id`s of the users the application inserts start here.
+const INSERTED_FROM: i64 = 1_000_000;
 
 impl Writer {
     fn start(t: &TestDb, seed: u64) -> Writer {
@@ -170,43 +233,120 @@ impl Writer {
         let (s, w) = (stop.clone(), writes.clone());
         let task = tokio::spawn(async move {
             let mut rng = Rng(seed);
+            let mut log = AppLog::default();
+            let mut inserted = 0i64;
             while !s.load(Ordering::Relaxed) {
-                let id = (rng.next() % USERS as u64) as i64;
-                let kind = match writes_what {
-                    Writes::Earnings => 0,
-                    Writes::Mixed => rng.next() % 3,
+                let id = match rng.next() % (USERS as u64 + inserted as u64) {
+                    n if n < USERS as u64 => n as i64,
+                    n => INSERTED_FROM + (n - USERS as u64) as i64,
                 };
-                let (filter, update) = match kind {
-                    0 => {
+                let roll = rng.next() % 100;
+                let op = match writes_what {
+                    Writes::Earnings => Op::Earnings,
+                    Writes::Mixed => match roll % 3 {
+                        0 => Op::Earnings,
+                        1 => Op::Reset,
+                        _ => Op::Unrelated,
+                    },
+                    Writes::Production => match roll {
+                        0..55 => Op::Earnings,
+                        55..67 => Op::Insert,
+                        67..72 => Op::Delete,
+                        72..77 => Op::Withdrawal,
+                        77..80 => Op::Reset,
+                        _ => Op::Unrelated,
+                    },
+                };
+                let after = mongodb::options::ReturnDocument::After;
+                let moved = match op {
+                    Op::Earnings => {
                         let amount = (rng.next() % 5_000_000 + 100) as f64 / 100.0;
-                        (
+                        coll.update_one(
                             doc! { "_id": id },
                             doc! { "$set": { "affiliateEarnings": amount } },
                         )
+                        .await
+                        .unwrap();
+                        None
                     }
-                    1 => (
-                        doc! { "_id": id, "totalWithdrawn": 0, "pendingWithdrawals": 0 },
-                        doc! { "$set": { "withdrawableBalance": 0 } },
-                    ),
-                    _ => (
-                        doc! { "_id": id },
-                        doc! { "$set": { "lastSeen": mongodb::bson::DateTime::now() } },
-                    ),
+                    Op::Unrelated => {
+                        coll.update_one(
+                            doc! { "_id": id },
+                            doc! { "$set": { "lastSeen": mongodb::bson::DateTime::now() } },
+                        )
+                        .await
+                        .unwrap();
+                        None
+                    }
+                    Op::Insert => {
+                        let id = INSERTED_FROM + inserted;
+                        inserted += 1;
+                        let amount = (rng.next() % 5_000_000 + 100) as f64 / 100.0;
+                        let user = doc! {
+                            "_id": id, "name": format!("new user {id}"), "affiliateEarnings": amount,
+                            "withdrawableBalance": 0, "totalWithdrawn": 0, "pendingWithdrawals": 0,
+                        };
+                        coll.insert_one(user.clone()).await.unwrap();
+                        log.inserted
+                            .insert(id_key(&Bson::Int64(id)), fields_of(&user));
+                        None
+                    }
+                    Op::Delete => {
+                        let gone = coll.delete_one(doc! { "_id": id }).await.unwrap();
+                        if gone.deleted_count == 1 {
+                            log.deleted.insert(id_key(&Bson::Int64(id)));
+                        }
+                        None
+                    }
+                    Op::Withdrawal => coll
+                        .find_one_and_update(
+                            doc! { "_id": id, "withdrawableBalance": { "$gt": 25 } },
+                            doc! { "$set": { "pendingWithdrawals": 25 } },
+                        )
+                        .return_document(after)
+                        .await
+                        .unwrap(),
+                    Op::Reset => coll
+                        .find_one_and_update(
+                            doc! {
+                                "_id": id, "withdrawableBalance": { "$ne": 0 },
+                                "totalWithdrawn": 0, "pendingWithdrawals": 0,
+                            },
+                            doc! { "$set": { "withdrawableBalance": 0 } },
+                        )
+                        .return_document(after)
+                        .await
+                        .unwrap(),
                 };
-                coll.update_one(filter, update).await.unwrap();
+                if let Some(user) = moved {
+                    log.moved
+                        .insert(id_key(user.get("_id").unwrap()), fields_of(&user));
+                }
                 w.fetch_add(1, Ordering::Relaxed);
-                // About 500 writes a second: every user changes every few seconds.
+                // About 300 to 500 writes a second: every user changes every few seconds.
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
+            log
         });
         Writer { stop, writes, task }
     }
 
-    async fn stop(self) -> u64 {
+    /// Stops the writer: how many writes it made, and its log.
+    async fn stop(self) -> (u64, AppLog) {
         self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap();
-        self.writes.load(Ordering::Relaxed)
+        let log = self.task.await.unwrap();
+        (self.writes.load(Ordering::Relaxed), log)
     }
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Earnings,
+    Unrelated,
+    Insert,
+    Delete,
+    Withdrawal,
+    Reset,
 }
 
 async fn checkpoint(t: &TestDb) -> Option<Document> {
@@ -291,11 +431,14 @@ async fn trial(
                 .await;
         }
     }
-    let writes = writer.stop().await;
+    let (writes, app) = writer.stop().await;
     let out = run.output().await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(writes > 100, "the writer wrote only {writes} times");
-    assert_balances_follow_current_earnings(&t, &before).await;
+    if !matches!(writes_what, Writes::Earnings) {
+        assert!(!app.moved.is_empty(), "the writer moved no user");
+    }
+    assert_balances_follow_current_earnings(&t, &before, &app).await;
     let record = t.record(M003).await.unwrap();
     let caught = caught_up(&record);
     assert!(
@@ -314,7 +457,7 @@ async fn trial(
 
     let out = migrate(&t, &["rollback", "--yes"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_fields_restored(&t, &before).await;
+    assert_fields_restored(&t, &before, &app).await;
     t.db.drop().await.unwrap();
 }
 
@@ -382,8 +525,9 @@ async fn a_writer_during_guarded_batches_ends_exact_and_rollback_restores_it() {
 }
 
 #[tokio::test]
-async fn balances_the_application_resets_during_the_scan_are_written_again_and_roll_back_exactly() {
-    // Every balance reset after 003 wrote it must be written again from the user's earnings.
+async fn balances_the_application_resets_after_003_wrote_them_stay_reset_and_roll_back_exactly() {
+    // A reset makes the user a candidate again; it is the application's value all the same,
+    // and the run must leave it, whatever the user's earnings do afterwards.
     trial(
         "livereset",
         10,
@@ -392,6 +536,37 @@ async fn balances_the_application_resets_during_the_scan_are_written_again_and_r
         StopWriter::NearScanEnd,
         Writes::Mixed,
         &[],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn users_the_application_moves_while_003_runs_keep_every_field_it_set() {
+    // Withdrawals started and balances reset on users 003 already wrote, then their earnings
+    // changed again: not one of their withdrawal fields may change after the application's
+    // write, in the scan's transactions, the catch-up or the rounds after the scan.
+    trial(
+        "liveprod",
+        14,
+        "300",
+        "3",
+        StopWriter::NearScanEnd,
+        Writes::Production,
+        &[],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn users_the_application_moves_during_guarded_batches_keep_every_field_it_set() {
+    trial(
+        "liveprodguarded",
+        15,
+        "500",
+        "2",
+        StopWriter::NearScanEnd,
+        Writes::Production,
+        &["--no-transactions"],
     )
     .await;
 }
@@ -462,7 +637,7 @@ async fn killed_trial(tag: &str, seed: u64, during_drain: bool) {
     resume.push("--resume");
     let mut run = Running::start(&t, &resume);
     run.wait_for(async || scan_finished(&t).await).await;
-    writer.stop().await;
+    let (_, app) = writer.stop().await;
     let out = run.output().await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
@@ -476,10 +651,10 @@ async fn killed_trial(tag: &str, seed: u64, during_drain: bool) {
         // resumed one goes on from its token: no round over the candidates either.
         assert_eq!(caught_up(&record).get_i64("rounds").unwrap(), 0, "{record}");
     }
-    assert_balances_follow_current_earnings(&t, &before).await;
+    assert_balances_follow_current_earnings(&t, &before, &app).await;
     let out = migrate(&t, &["rollback", "--yes"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_fields_restored(&t, &before).await;
+    assert_fields_restored(&t, &before, &app).await;
     t.db.drop().await.unwrap();
 }
 
@@ -513,7 +688,7 @@ async fn rollback_after_sigkill_ends_the_open_batch_transactions_and_restores_ex
     let reached = run.wait_for(async || scanned(&t).await >= USERS / 3).await;
     assert!(reached, "migrate ended before it could be killed");
     run.kill().await;
-    writer.stop().await;
+    let (_, app) = writer.stop().await;
     let sessions_named = checkpoint(&t)
         .await
         .is_some_and(|cp| cp.contains_key("transactionSessions"));
@@ -534,7 +709,7 @@ async fn rollback_after_sigkill_ends_the_open_batch_transactions_and_restores_ex
             checkpoint(&t).await
         );
     }
-    assert_fields_restored(&t, &before).await;
+    assert_fields_restored(&t, &before, &app).await;
     t.db.drop().await.unwrap();
 }
 
@@ -642,7 +817,7 @@ async fn a_rollback_killed_mid_way_is_finished_by_the_next_without_waiting_on_it
         "{}",
         read(&t.log_file())
     );
-    assert_fields_restored(&t, &before).await;
+    assert_fields_restored(&t, &before, &AppLog::default()).await;
     assert_eq!(chunks().await, 0);
     t.db.drop().await.unwrap();
 }
@@ -682,7 +857,7 @@ async fn a_failed_003_is_rolled_back_and_001_002_stay_applied() {
     let out = migrate(&t, &["rollback", "--yes"]).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(text(&out).contains(M003), "{}", text(&out));
-    assert_fields_restored(&t, &before).await;
+    assert_fields_restored(&t, &before, &AppLog::default()).await;
     assert_eq!(t.status(M003).await, "rolled_back");
     assert_eq!(t.status(M002).await, "completed");
     assert_eq!(t.status(M001).await, "completed");

@@ -373,7 +373,7 @@ pub(super) async fn transaction_batch(
 fn account_for(stats: &mut Stats) {
     stats.unchanged = stats
         .scanned
-        .saturating_sub(stats.modified + stats.invalid + stats.conflicts);
+        .saturating_sub(stats.modified + stats.invalid + stats.conflicts + stats.moved);
 }
 
 enum Failed {
@@ -507,6 +507,26 @@ async fn in_transaction(
         )));
     }
     stats.scanned = read.len() as u64;
+    let planned = if planned.is_empty() || !spec.run.may_own() {
+        planned
+    } else {
+        // Documents this migration may have written already (catch-up ahead of the scan, an
+        // earlier attempt): those the application moved since are left out, read from the same
+        // snapshot as the documents.
+        let ids: Vec<Bson> = planned.iter().map(|p| p.id.clone()).collect();
+        let chunks: Vec<Document> = db
+            .collection::<Document>(super::BEFORE_IMAGES)
+            .find(super::owned::chunks_naming(migration, &ids))
+            .sort(super::before_image::NEWEST_FIRST.clone())
+            .projection(doc! { "entries": 1 })
+            .session(&mut *session)
+            .await?
+            .stream(&mut *session)
+            .try_collect()
+            .await?;
+        let entries = super::owned::entries_by_document(chunks, &ids);
+        super::owned::keep_owned(planned, &entries, &mut stats)
+    };
     if planned.is_empty() {
         return Ok(Attempt::Committed(Box::new(stats)));
     }
@@ -514,7 +534,7 @@ async fn in_transaction(
         planned.iter().partition(|p| (fast.exact_for)(&p.before));
     let entries: Vec<Bson> = planned
         .iter()
-        .map(|p| Bson::Document(before_image(p)))
+        .map(|p| Bson::Document(before_image(p, &spec.owns)))
         .collect();
     db.collection::<Document>(super::BEFORE_IMAGES)
         .insert_one(doc! {

@@ -6,6 +6,8 @@ use mongodb::bson::{doc, Bson, Document};
 
 /// How many invalid documents are named in results and logs.
 pub const INVALID_SAMPLES: usize = 20;
+/// How many documents the application moved are named in results.
+pub const MOVED_SAMPLES: usize = 10;
 
 /// What a backfill did (or, in a dry run, would do).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -30,6 +32,16 @@ pub struct Stats {
     pub invalid_samples: Vec<Bson>,
     /// Dry run: `{_id, before, after}` of the first changes.
     pub samples: Vec<Bson>,
+    /// Documents this migration wrote whose written fields the application has set since (a
+    /// withdrawal started, a balance reset): the application's from then on, never written
+    /// again, whatever their inputs do.
+    pub moved: u64,
+    /// `_id`s of the first of them.
+    pub moved_samples: Vec<Bson>,
+    /// Of one batch: every document it found moved (not stored).
+    pub moved_ids: Vec<Bson>,
+    /// Of a whole run: the documents counted in `moved` by this process (not stored).
+    pub moved_seen: std::collections::HashSet<Vec<u8>>,
     /// Documents caught up after the scan passed them (changed by the application meanwhile).
     pub catch_up: CatchUpStats,
 }
@@ -103,6 +115,35 @@ impl Stats {
             .extend(other.invalid_samples.into_iter().take(room));
         let room = 3usize.saturating_sub(self.samples.len());
         self.samples.extend(other.samples.into_iter().take(room));
+        self.absorb_moved(other.moved_ids);
+    }
+
+    /// Counts the documents `other` found moved that no batch before it found, so a document
+    /// met by several catch-up batches counts once.
+    fn absorb_moved(&mut self, ids: Vec<Bson>) {
+        for id in ids {
+            if self.moved_seen.insert(super::catch_up::key_of(&id)) {
+                self.moved += 1;
+                if self.moved_samples.len() < MOVED_SAMPLES {
+                    self.moved_samples.push(id);
+                }
+            }
+        }
+    }
+
+    /// Takes the documents found moved in `other` (a pass whose other counters are not this
+    /// batch's).
+    pub fn absorb_moved_of(&mut self, other: &Stats) {
+        self.absorb_moved(other.moved_ids.clone());
+    }
+
+    /// Records a document the application moved after this migration wrote it.
+    pub fn note_moved(&mut self, id: &Bson) {
+        self.moved += 1;
+        self.moved_ids.push(id.clone());
+        if self.moved_samples.len() < MOVED_SAMPLES {
+            self.moved_samples.push(id.clone());
+        }
     }
 
     /// Adds the counts of a catch-up batch: its documents were counted by the scan (or are new),
@@ -119,6 +160,7 @@ impl Stats {
                 self.invalid_samples.push(sample);
             }
         }
+        self.absorb_moved(other.moved_ids);
         for (reason, _) in other.invalid_reasons {
             if !self.invalid_reasons.contains_key(&reason) {
                 self.invalid_reasons.insert(reason, 0i64);
@@ -157,6 +199,10 @@ impl Stats {
         if !self.samples.is_empty() {
             d.insert("samples", self.samples.clone());
         }
+        if self.moved > 0 {
+            d.insert("movedByApplication", self.moved as i64);
+            d.insert("movedSamples", self.moved_samples.clone());
+        }
         if !self.catch_up.mode.is_empty() {
             d.insert("caughtUp", self.catch_up.to_document());
         }
@@ -179,6 +225,10 @@ impl Stats {
                 .unwrap_or_default(),
             invalid_samples: d.get_array("invalidSamples").cloned().unwrap_or_default(),
             samples: Vec::new(),
+            moved: n("movedByApplication"),
+            moved_samples: d.get_array("movedSamples").cloned().unwrap_or_default(),
+            moved_ids: Vec::new(),
+            moved_seen: Default::default(),
             catch_up: d
                 .get_document("caughtUp")
                 .map(CatchUpStats::from_document)

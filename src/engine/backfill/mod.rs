@@ -39,6 +39,7 @@ pub(crate) use atomic::end_abandoned;
 pub use before_image::{images_summary, restore, ImagesSummary, RestoreReport, BEFORE_IMAGES};
 pub use catch_up::CatchUpMode;
 pub use checkpoint::{int, CatchUpStats, Stats, INVALID_SAMPLES};
+pub use owned::not_moved;
 pub use pipeline::{remaining, run, sample_ids};
 pub use progress::{ProgressShown, ProgressView, PROGRESS_TARGET};
 pub(crate) use retry::is_transient;

@@ -38,20 +38,8 @@ pub(super) async fn recompute_owned(
     if ids.is_empty() || !spec.before_images {
         return Ok(Stats::default());
     }
-    let images = db.collection::<Document>(super::BEFORE_IMAGES);
     ensure_image_indexes(db, stop).await?;
-    // Images saved one per document (while the application writes) are found by index; only
-    // documents not among them are looked for in the batch images of quieter stretches.
-    let single: Vec<Document> = with_retry("reading before-images", stop, || async {
-        images
-            .find(doc! { "migration": migration, "doc": { "$in": ids.clone() } })
-            .sort(super::before_image::NEWEST_FIRST.clone())
-            .projection(doc! { "entries": 1 })
-            .await?
-            .try_collect()
-            .await
-    })
-    .await?;
+    let entries = entries_of(db, migration, &ids, stop).await?;
     let coll = db.collection::<Document>(&spec.collection);
     let current = find_all(
         &coll,
@@ -61,62 +49,6 @@ pub(super) async fn recompute_owned(
         stop,
     )
     .await?;
-    // Newest first. A batch saves its entries before it writes, and a write whose guard failed
-    // leaves an entry that never happened: the entry that counts is the newest one whose `after`
-    // the document holds.
-    let mut entries: std::collections::HashMap<Vec<u8>, Vec<Document>> = Default::default();
-    group(
-        &mut entries,
-        single
-            .into_iter()
-            .filter_map(|c| c.get_array("entries").ok()?.first()?.as_document().cloned())
-            .collect(),
-    );
-    let holds = |doc: &Document, e: &Document| {
-        let after = e.get_document("after").cloned().unwrap_or_default();
-        already_applied(doc, &after, &strings(e, "removed"))
-    };
-    // Documents none of whose single images they hold: look in the batch images.
-    let missing: Vec<Bson> = current
-        .iter()
-        .filter(|d| {
-            d.get("_id").is_some_and(|id| {
-                entries
-                    .get(&super::catch_up::key_of(id))
-                    .is_none_or(|es| !es.iter().any(|e| holds(d, e)))
-            })
-        })
-        .filter_map(|d| d.get("_id").cloned())
-        .collect();
-    if !missing.is_empty() {
-        // The chunks holding any of them, newest first, through the index; their entries are
-        // picked here. (Unwinding and matching on the server compares every entry of every
-        // chunk with every `_id` asked for on some servers: seconds per thousand documents.)
-        let chunks: Vec<Document> = with_retry("reading before-images", stop, || async {
-            images
-                .find(doc! { "migration": migration, "doc": { "$exists": false }, "entries._id": { "$in": missing.clone() } })
-                .sort(super::before_image::NEWEST_FIRST.clone())
-                .projection(doc! { "entries": 1 })
-                .await?
-                .try_collect()
-                .await
-        })
-        .await?;
-        let wanted: std::collections::HashSet<Vec<u8>> =
-            missing.iter().map(super::catch_up::key_of).collect();
-        let older: Vec<Document> = chunks
-            .iter()
-            .filter_map(|c| c.get_array("entries").ok())
-            .flatten()
-            .filter_map(Bson::as_document)
-            .filter(|e| {
-                e.get("_id")
-                    .is_some_and(|id| wanted.contains(&super::catch_up::key_of(id)))
-            })
-            .cloned()
-            .collect();
-        group(&mut entries, older);
-    }
     recompute_with(db, spec, transform, migration, current, &entries, stop).await
 }
 
@@ -132,20 +64,18 @@ pub(super) async fn recompute_with(
     stop: &Stop,
 ) -> Result<Stats> {
     let mut stats = Stats::default();
-    let holds = |doc: &Document, e: &Document| {
-        let after = e.get_document("after").cloned().unwrap_or_default();
-        already_applied(doc, &after, &strings(e, "removed"))
-    };
     let mut planned = Vec::new();
     for doc in current {
         let Some(id) = doc.get("_id").cloned() else {
             continue;
         };
-        let Some(candidates) = entries.get(&super::catch_up::key_of(&id)) else {
-            continue;
-        };
-        let Some(entry) = candidates.iter().find(|e| holds(&doc, e)) else {
-            continue; // the application changed a written field: its value now
+        let entry = match owner(&doc, entries.get(&super::catch_up::key_of(&id))) {
+            Owner::Nobody => continue,
+            Owner::Application => {
+                stats.note_moved(&id);
+                continue;
+            }
+            Owner::Run(entry) => entry,
         };
         let after = entry.get_document("after").cloned().unwrap_or_default();
         let removed = strings(entry, "removed");
@@ -202,11 +132,14 @@ pub(super) async fn recompute_with(
     if planned.is_empty() {
         return Ok(stats);
     }
-    save_per_document(db, spec, migration, &planned, stop).await?;
+    let chunks = save_per_document(db, spec, migration, &planned, stop).await?;
     let statements: Vec<Document> = planned.iter().map(|p| statement(p, &spec.fields)).collect();
     let result = update_command(db, &spec.collection, statements, stop).await?;
     if !result.errors.is_empty() {
         return Err(result.into_error(&spec.collection));
+    }
+    if result.matched < planned.len() as u64 {
+        settle(db, spec, migration, &chunks, stop).await?;
     }
     stats.modified = result.modified;
     // A guard that failed: the application wrote it again, and its event brings it back.
@@ -214,16 +147,130 @@ pub(super) async fn recompute_with(
     Ok(stats)
 }
 
-/// Adds before-image entries to the per-document lists, keeping their order.
-fn group(entries: &mut std::collections::HashMap<Vec<u8>, Vec<Document>>, found: Vec<Document>) {
-    for e in found {
-        if let Some(id) = e.get("_id") {
-            entries
-                .entry(super::catch_up::key_of(id))
-                .or_default()
-                .push(e);
+/// Who a document this migration may have written belongs to.
+pub(super) enum Owner<'a> {
+    /// No entry names it: this migration never wrote it.
+    Nobody,
+    /// It holds, on every field the migration writes, what this migration's latest write to it
+    /// left (that entry): the value is the migration's, and follows the inputs.
+    Run(&'a Document),
+    /// The migration wrote it, and a field it writes holds something else now: the application
+    /// moved it (a withdrawal, a reset), and it is never written again.
+    Application,
+}
+
+/// Decides [`Owner`] from a document (read with every owned field) and its entries, newest
+/// first. Only the newest counts: a write whose guard failed has its entry taken back (see
+/// [`settle`]), and one that did happen leaves the document the migration's only while the
+/// document still holds it. An older entry the document happens to hold again (a reset back to
+/// a value an earlier write left) is the application's doing.
+pub(super) fn owner<'a>(doc: &Document, entries: Option<&'a Vec<Document>>) -> Owner<'a> {
+    match entries.and_then(|es| es.first()) {
+        None => Owner::Nobody,
+        Some(newest) if holds(doc, newest) => Owner::Run(newest),
+        Some(_) => Owner::Application,
+    }
+}
+
+/// Whether `doc` holds what entry `e` wrote: every field of its `after`, type included, and
+/// none of its `removed`.
+pub(super) fn holds(doc: &Document, e: &Document) -> bool {
+    let after = e.get_document("after").cloned().unwrap_or_default();
+    already_applied(doc, &after, &strings(e, "removed"))
+}
+
+/// The filter of the before-image chunks naming any of `ids` (through the index on
+/// `entries._id`, which holds the one-entry chunks too), read newest first.
+pub(super) fn chunks_naming(migration: &str, ids: &[Bson]) -> Document {
+    doc! { "migration": migration, "entries._id": { "$in": ids.to_vec() } }
+}
+
+/// The entries of `chunks` (newest first) for `ids`, by document, newest first.
+pub(super) fn entries_by_document(
+    chunks: Vec<Document>,
+    ids: &[Bson],
+) -> std::collections::HashMap<Vec<u8>, Vec<Document>> {
+    let wanted: std::collections::HashSet<Vec<u8>> =
+        ids.iter().map(super::catch_up::key_of).collect();
+    let mut entries: std::collections::HashMap<Vec<u8>, Vec<Document>> = Default::default();
+    for e in chunks
+        .iter()
+        .filter_map(|c| c.get_array("entries").ok())
+        .flatten()
+        .filter_map(Bson::as_document)
+    {
+        if let Some(key) = e.get("_id").map(super::catch_up::key_of) {
+            if wanted.contains(&key) {
+                entries.entry(key).or_default().push(e.clone());
+            }
         }
     }
+    entries
+}
+
+/// This migration's entries for `ids`, by document, newest first.
+pub(super) async fn entries_of(
+    db: &Database,
+    migration: &str,
+    ids: &[Bson],
+    stop: &Stop,
+) -> Result<std::collections::HashMap<Vec<u8>, Vec<Document>>> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let images = db.collection::<Document>(super::BEFORE_IMAGES);
+    let filter = chunks_naming(migration, ids);
+    let chunks: Vec<Document> = with_retry("reading before-images", stop, || async {
+        images
+            .find(filter.clone())
+            .sort(super::before_image::NEWEST_FIRST.clone())
+            .projection(doc! { "entries": 1 })
+            .await?
+            .try_collect()
+            .await
+    })
+    .await?;
+    Ok(entries_by_document(chunks, ids))
+}
+
+/// Leaves out of `planned` the documents the application moved after this migration wrote them
+/// (see [`Owner`]), counting each once. Looks only where this run may own documents already.
+pub(super) async fn without_moved(
+    db: &Database,
+    spec: &Backfill,
+    migration: &str,
+    planned: Vec<Planned>,
+    stats: &mut Stats,
+    stop: &Stop,
+) -> Result<Vec<Planned>> {
+    if planned.is_empty() || !spec.before_images || !spec.run.may_own() {
+        return Ok(planned);
+    }
+    ensure_image_indexes(db, stop).await?;
+    let ids: Vec<Bson> = planned.iter().map(|p| p.id.clone()).collect();
+    let entries = entries_of(db, migration, &ids, stop).await?;
+    Ok(keep_owned(planned, &entries, stats))
+}
+
+/// The planned writes whose documents are not the application's.
+pub(super) fn keep_owned(
+    planned: Vec<Planned>,
+    entries: &std::collections::HashMap<Vec<u8>, Vec<Document>>,
+    stats: &mut Stats,
+) -> Vec<Planned> {
+    planned
+        .into_iter()
+        .filter(|p| {
+            let key = super::catch_up::key_of(&p.id);
+            match owner(&p.before, entries.get(&key)) {
+                Owner::Application => {
+                    stats.note_moved(&p.id);
+                    false
+                }
+                Owner::Nobody | Owner::Run(_) => true,
+            }
+        })
+        .collect()
 }
 
 /// Saves one before-image per document: a chunk of one entry, with the document's `_id` in `doc`
@@ -234,9 +281,9 @@ pub(super) async fn save_per_document(
     migration: &str,
     planned: &[Planned],
     stop: &Stop,
-) -> Result<()> {
+) -> Result<Vec<Bson>> {
     if planned.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     ensure_image_indexes(db, stop).await?;
     let now = super::before_image::chunk_time();
@@ -248,15 +295,117 @@ pub(super) async fn save_per_document(
                 "collection": &spec.collection,
                 "createdAt": now,
                 "doc": p.id.clone(),
-                "entries": [Bson::Document(before_image(p))],
+                "entries": [Bson::Document(before_image(p, &spec.owns))],
             }
         })
         .collect();
     let images = db.collection::<Document>(super::BEFORE_IMAGES);
-    with_retry("saving before-images", stop, || {
+    let inserted = with_retry("saving before-images", stop, || {
         images.insert_many(chunks.clone()).ordered(false)
     })
     .await?;
+    Ok(inserted.inserted_ids.into_values().collect())
+}
+
+/// Takes back the entries of writes that did not happen. A non-transactional batch saves its
+/// entries before it writes, guarded; a guard that failed (the application wrote the document
+/// in between) leaves an entry claiming a value the document never held, and since the newest
+/// entry decides who owns a document (see [`owner`]), that claim would make the migration
+/// disown a document it still owns, leaving it behind its inputs. So after guarded statements
+/// that matched fewer documents than planned, the documents are read back, and every entry of
+/// `chunks` that its document does not hold, and that is still the newest entry of that
+/// document, is pulled (a chunk left empty is deleted).
+///
+/// - An entry a newer one follows stays: the newer one decides who owns the document, and if
+///   this write did happen, `down` needs it to chain back to the value before it.
+/// - A write that happened and that the application undid at once is pulled as if it had not
+///   happened: the document is the application's either way, and `down` leaves it either way.
+pub(super) async fn settle(
+    db: &Database,
+    spec: &Backfill,
+    migration: &str,
+    chunks: &[Bson],
+    stop: &Stop,
+) -> Result<()> {
+    if chunks.is_empty() {
+        return Ok(());
+    }
+    let images = db.collection::<Document>(super::BEFORE_IMAGES);
+    let saved: Vec<Document> = with_retry("reading before-images", stop, || async {
+        images
+            .find(doc! { "_id": { "$in": chunks.to_vec() } })
+            .projection(doc! { "entries": 1 })
+            .await?
+            .try_collect()
+            .await
+    })
+    .await?;
+    let entries: Vec<&Document> = saved
+        .iter()
+        .filter_map(|c| c.get_array("entries").ok())
+        .flatten()
+        .filter_map(Bson::as_document)
+        .collect();
+    let ids: Vec<Bson> = entries
+        .iter()
+        .filter_map(|e| e.get("_id").cloned())
+        .collect();
+    let coll = db.collection::<Document>(&spec.collection);
+    let current = find_all(
+        &coll,
+        doc! { "_id": { "$in": ids.clone() } },
+        &projection(&spec.fields),
+        "reading back a written batch",
+        stop,
+    )
+    .await?;
+    let by_id: std::collections::HashMap<Vec<u8>, &Document> = current
+        .iter()
+        .filter_map(|d| d.get("_id").map(|id| (super::catch_up::key_of(id), d)))
+        .collect();
+    // Read after the documents: a later write of this migration that moved a document on saved
+    // its entry before it wrote, so it is among these.
+    let newest = entries_of(db, migration, &ids, stop).await?;
+    let unwritten: Vec<Bson> = entries
+        .iter()
+        .filter(|e| {
+            e.get("_id").is_some_and(|id| {
+                let key = super::catch_up::key_of(id);
+                by_id.get(&key).is_some_and(|d| !holds(d, e))
+                    && newest.get(&key).and_then(|es| es.first()) == Some(*e)
+            })
+        })
+        .filter_map(|e| e.get("_id").cloned())
+        .collect();
+    if unwritten.is_empty() {
+        return Ok(());
+    }
+    // Each chunk names a document at most once, so pulling by `_id` within these chunks takes
+    // back exactly this batch's entries, never an older write's.
+    with_retry(
+        "taking back before-images of writes that did not happen",
+        stop,
+        || {
+            images.update_many(
+                doc! { "_id": { "$in": chunks.to_vec() } },
+                doc! { "$pull": { "entries": { "_id": { "$in": unwritten.clone() } } } },
+            )
+        },
+    )
+    .await?;
+    with_retry(
+        "taking back before-images of writes that did not happen",
+        stop,
+        || {
+            images
+                .delete_many(doc! { "_id": { "$in": chunks.to_vec() }, "entries": { "$size": 0 } })
+        },
+    )
+    .await?;
+    tracing::debug!(
+        entries = unwritten.len(),
+        "took back the before-images of writes whose guard failed"
+    );
     Ok(())
 }
 
@@ -303,4 +452,107 @@ pub(super) async fn ensure_image_indexes(db: &Database, stop: &Stop) -> Result<(
         .unwrap_or_else(|e| e.into_inner())
         .insert(db.name().to_string());
     Ok(())
+}
+
+/// Of `docs` (read with every field `spec` owns), those the application has not moved after
+/// this migration wrote them: a post-condition judges these, and leaves the application's own
+/// documents to it.
+pub async fn not_moved(
+    ctx: &crate::engine::migration::Context,
+    spec: &Backfill,
+    docs: Vec<Document>,
+) -> Result<Vec<Document>> {
+    if docs.is_empty() || !spec.before_images {
+        return Ok(docs);
+    }
+    let ids: Vec<Bson> = docs.iter().filter_map(|d| d.get("_id").cloned()).collect();
+    let entries = entries_of(ctx.db(), ctx.name(), &ids, ctx.stop()).await?;
+    Ok(docs
+        .into_iter()
+        .filter(|d| {
+            let key = d
+                .get("_id")
+                .map(super::catch_up::key_of)
+                .unwrap_or_default();
+            !matches!(owner(d, entries.get(&key)), Owner::Application)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{owner, Owner};
+    use crate::engine::backfill::write::{before_image, Planned};
+    use mongodb::bson::{doc, Bson, Document};
+
+    fn owns() -> Vec<String> {
+        ["balance", "pending", "withdrawn"]
+            .iter()
+            .map(|f| f.to_string())
+            .collect()
+    }
+
+    fn written(before: Document, set: Document) -> Document {
+        let p = Planned {
+            id: Bson::Int32(1),
+            set,
+            unset: Vec::new(),
+            before,
+        };
+        before_image(&p, &owns())
+    }
+
+    #[test]
+    fn an_entry_records_every_owned_field_after_the_write_not_only_those_it_set() {
+        let e = written(
+            doc! { "_id": 1, "earnings": 10, "balance": 0, "pending": 0 },
+            doc! { "balance": 5.0 },
+        );
+        assert_eq!(
+            e.get_document("after").unwrap(),
+            &doc! { "balance": 5.0, "pending": 0 }
+        );
+        assert_eq!(e.get_document("before").unwrap(), &doc! { "balance": 0 });
+        // A field the write left missing must stay missing for the document to be the run's.
+        assert_eq!(
+            e.get_array("removed").unwrap(),
+            &vec![Bson::String("withdrawn".into())]
+        );
+    }
+
+    #[test]
+    fn a_document_is_the_runs_only_while_every_owned_field_holds_what_it_wrote() {
+        let e = written(
+            doc! { "_id": 1, "balance": 0, "pending": 0, "withdrawn": 0 },
+            doc! { "balance": 5.0 },
+        );
+        let entries = vec![e];
+        let doc = doc! { "_id": 1, "earnings": 99, "balance": 5.0, "pending": 0, "withdrawn": 0 };
+        assert!(matches!(owner(&doc, Some(&entries)), Owner::Run(_)));
+        // A withdrawal started: the balance is still what the run wrote, the document is not.
+        let moved = doc! { "_id": 1, "balance": 5.0, "pending": 25, "withdrawn": 0 };
+        assert!(matches!(owner(&moved, Some(&entries)), Owner::Application));
+        // Same number, another type: the application wrote it.
+        let retyped = doc! { "_id": 1, "balance": 5, "pending": 0, "withdrawn": 0 };
+        assert!(matches!(
+            owner(&retyped, Some(&entries)),
+            Owner::Application
+        ));
+        assert!(matches!(owner(&doc, None), Owner::Nobody));
+    }
+
+    #[test]
+    fn a_reset_back_to_what_an_older_write_left_is_the_applications() {
+        let zeros = doc! { "_id": 1, "balance": 0, "pending": 0 };
+        // The first write set the missing field, the second the balance.
+        let first = written(zeros.clone(), doc! { "withdrawn": 0 });
+        let mut after_first = zeros.clone();
+        after_first.insert("withdrawn", 0);
+        let second = written(after_first.clone(), doc! { "balance": 7.5 });
+        let newest_first = vec![second, first];
+        assert!(matches!(
+            owner(&after_first, Some(&newest_first)),
+            Owner::Application
+        ));
+    }
 }

@@ -65,6 +65,18 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
     let coll = ctx.db().collection::<Document>(&spec.collection);
     if spec.before_images && !dry_run {
         super::before_image::align_clock(ctx.db()).await;
+        // Entries left by an earlier attempt (failed, interrupted, or rolled back part-way) mean
+        // the documents ahead may be this migration's already, or the application's since.
+        let images = ctx.db().collection::<Document>(super::BEFORE_IMAGES);
+        let earlier = with_retry("reading before-images", ctx.stop(), || {
+            images
+                .find_one(doc! { "migration": ctx.name() })
+                .projection(doc! { "_id": 1 })
+        })
+        .await?;
+        if earlier.is_some() {
+            spec.run.owning_some();
+        }
     }
     // Read before anything else: the change stream reports every write after it, and batch
     // transactions read no snapshot before it.

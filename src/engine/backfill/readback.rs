@@ -65,7 +65,12 @@ pub(super) async fn record_what_was_written(
             if unset == p.unset && set.keys().eq(p.set.keys()) && already_applied(now, &set, &unset)
             {
                 if let Some(e) = entry.as_document_mut() {
-                    e.insert("after", set);
+                    // The fields this write set; the other owned fields stay as recorded.
+                    let mut after = e.get_document("after").cloned().unwrap_or_default();
+                    for (k, v) in set {
+                        after.insert(k, v);
+                    }
+                    e.insert("after", after);
                     corrected += 1;
                 }
             }

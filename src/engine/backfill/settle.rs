@@ -32,6 +32,9 @@ pub const MAX_ROUNDS: u64 = 8;
 /// Transforms and writes the documents named by `ids` that are still candidates.
 pub async fn process_ids(ctx: &Context, spec: &Backfill, ids: Vec<Bson>) -> Result<Stats> {
     let options = ctx.options();
+    // Catch-up writes documents anywhere, ahead of the scan too: from now on a batch may meet a
+    // document this run wrote.
+    spec.run.owning_some();
     // The application is writing these very documents.
     let spec = &spec.while_live();
     let mut stats = Stats::default();
@@ -131,6 +134,8 @@ pub async fn rounds(
     done: &Position,
     mut token: Option<Bson>,
 ) -> Result<()> {
+    // Every candidate a round finds may be one the scan wrote and the application reset since.
+    spec.run.owning_some();
     let complete = watcher.is_some_and(|(_, complete)| complete);
     let watcher = watcher.map(|(w, _)| w);
     let mut trust_stream = complete;
@@ -269,6 +274,12 @@ async fn left_over(
                 }
                 Transform::Client(_) => process_docs(ctx, spec, docs).await?,
             };
+            // A candidate the application moved after the migration wrote it (a balance reset)
+            // is its own: never written, and not work left.
+            if !part.moved_ids.is_empty() {
+                let moved: HashSet<Vec<u8>> = part.moved_ids.iter().map(key_of).collect();
+                found.retain(|id| !moved.contains(&key_of(id)));
+            }
             stats.absorb_catch_up(part);
         }
         if end {

@@ -108,6 +108,31 @@ pub struct Backfill {
     pub fast_path: Option<FastPath>,
     /// Catch up with documents the application changes during the run (see [`CatchUp`]).
     pub catch_up: Option<CatchUp>,
+    /// Every field the migration writes (see [`Backfill::owning`]). Empty: the fields each write
+    /// sets or removes.
+    pub owns: Vec<String>,
+    /// What this run has learnt about the documents it owns.
+    pub(super) run: Arc<RunState>,
+}
+
+/// State one run of a backfill shares between its batches.
+#[derive(Default)]
+pub(super) struct RunState {
+    /// Whether a document a batch is about to write may already have been written by this
+    /// migration (a previous attempt, or catch-up ahead of the scan): its batches then look up
+    /// the migration's entries before writing. A fresh scan over documents nothing wrote yet
+    /// skips that read.
+    pub(super) may_own: std::sync::atomic::AtomicBool,
+}
+
+impl RunState {
+    pub(super) fn may_own(&self) -> bool {
+        self.may_own.load(std::sync::atomic::Ordering::Acquire)
+    }
+    pub(super) fn owning_some(&self) {
+        self.may_own
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// Which concurrent writes can make a document a candidate (again), and how to find the
@@ -144,7 +169,23 @@ impl Backfill {
             checkpoints: true,
             fast_path: None,
             catch_up: None,
+            owns: Vec::new(),
+            run: Arc::default(),
         }
+    }
+    /// Names every field the migration writes. A document the migration wrote stays its own only
+    /// while every one of them still holds what it wrote: once the application sets any of them
+    /// (a withdrawal started, a balance reset), the document is the application's, and is never
+    /// written again by this migration, whatever its inputs do. The fields are also read (added
+    /// to [`Backfill::fields`]).
+    pub fn owning(mut self, fields: &[&str]) -> Self {
+        for f in fields {
+            if !self.fields.iter().any(|g| g == f) {
+                self.fields.push(f.to_string());
+            }
+        }
+        self.owns = fields.iter().map(|f| f.to_string()).collect();
+        self
     }
     /// Catches up with concurrent writes: the change stream during the run, then rounds over the
     /// candidates until none is left (see [`CatchUp`]).

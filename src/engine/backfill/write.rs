@@ -8,7 +8,7 @@
 //! the run owns is `owned.rs`.
 
 use super::checkpoint::{int, Stats};
-use super::owned::save_per_document;
+use super::owned::{save_per_document, without_moved};
 use super::readback::{record_what_was_written, FastWrite};
 use super::retry::with_retry;
 use super::spec::{Backfill, Change, DocTransform};
@@ -171,8 +171,11 @@ pub(super) fn field_guard(value: Option<&Bson>) -> Bson {
     }
 }
 
-/// The `{_id, before, absent, after, removed}` entry that lets `down` restore a document.
-pub(super) fn before_image(p: &Planned) -> Document {
+/// The `{_id, before, absent, after, removed}` entry that lets `down` restore a document, and
+/// says what the document holds once written: `after` and `removed` cover every field of `owns`
+/// (the fields the migration writes, see [`Backfill::owning`]), not only those this write
+/// changes, so a document is the migration's only while all of them hold what it left.
+pub(super) fn before_image(p: &Planned, owns: &[String]) -> Document {
     let mut before = Document::new();
     let mut absent = Vec::new();
     for key in p.set.keys().chain(p.unset.iter()) {
@@ -183,19 +186,26 @@ pub(super) fn before_image(p: &Planned) -> Document {
             None => absent.push(Bson::String(key.clone())),
         }
     }
+    let mut after = p.set.clone();
+    let mut removed: Vec<Bson> = p.unset.iter().map(|k| Bson::String(k.clone())).collect();
+    for key in owns {
+        if after.contains_key(key) || p.unset.contains(key) {
+            continue;
+        }
+        match p.before.get(key) {
+            Some(v) => {
+                after.insert(key.clone(), v.clone());
+            }
+            None => removed.push(Bson::String(key.clone())),
+        }
+    }
     // Empty lists are left out: most entries have neither, and chunks stay small.
-    let mut entry = doc! { "_id": p.id.clone(), "before": before, "after": p.set.clone() };
+    let mut entry = doc! { "_id": p.id.clone(), "before": before, "after": after };
     if !absent.is_empty() {
         entry.insert("absent", absent);
     }
-    if !p.unset.is_empty() {
-        entry.insert(
-            "removed",
-            p.unset
-                .iter()
-                .map(|k| Bson::String(k.clone()))
-                .collect::<Vec<_>>(),
-        );
+    if !removed.is_empty() {
+        entry.insert("removed", removed);
     }
     entry
 }
@@ -252,6 +262,9 @@ pub async fn client_batch(
     if fail_on_invalid && stats.invalid > 0 {
         return Err(invalid_refusal(spec, migration, &stats));
     }
+    if !dry_run {
+        planned = without_moved(db, spec, migration, planned, &mut stats, stop).await?;
+    }
     if dry_run {
         stats.modified = planned.len() as u64;
         stats.samples = planned
@@ -288,12 +301,15 @@ pub async fn client_batch(
             break;
         }
         let mut chunk = None;
+        // Every chunk holding this round's entries, to take back those of writes that did not
+        // happen.
+        let mut saved = Vec::new();
         if spec.before_images && spec.per_document_images {
-            save_per_document(db, spec, migration, &planned, stop).await?;
+            saved = save_per_document(db, spec, migration, &planned, stop).await?;
         } else if spec.before_images {
             let entries: Vec<Bson> = planned
                 .iter()
-                .map(|p| Bson::Document(before_image(p)))
+                .map(|p| Bson::Document(before_image(p, &spec.owns)))
                 .collect();
             let doc = doc! {
                 "migration": migration,
@@ -307,12 +323,25 @@ pub async fn client_batch(
             })
             .await?
             .inserted_id;
+            saved.push(id.clone());
             chunk = Some((id, entries));
         }
         let (statements, fast) = statements(spec, &planned, use_fast_path);
         let fast_index = fast.as_ref().map(|_| statements.len() - 1);
         let result = update_command(db, &spec.collection, statements, stop).await?;
         stats.modified += result.modified;
+        let fast_failed = !result.errors.is_empty();
+        if let (Some(fast), Some((chunk_id, entries))) = (&fast, chunk.take()) {
+            if !fast_failed {
+                record_what_was_written(
+                    db, spec, transform, &planned, fast, chunk_id, entries, stop,
+                )
+                .await?;
+            }
+        }
+        if fast_failed || result.matched < planned.len() as u64 {
+            super::owned::settle(db, spec, migration, &saved, stop).await?;
+        }
         if let Some((index, message)) = result.errors.iter().find(|(i, _)| Some(*i) != fast_index) {
             let id = planned
                 .iter()
@@ -329,7 +358,6 @@ pub async fn client_batch(
                 ),
             ));
         }
-        let fast_failed = !result.errors.is_empty();
         if fast_failed {
             // The server could not compute some document (e.g. a value outside its exact range):
             // the documents it did not write go one by one in the next round.
@@ -339,14 +367,6 @@ pub async fn client_batch(
                 "the server-side update of a batch failed; writing its documents one by one"
             );
             use_fast_path = false;
-        }
-        if let (Some(fast), Some((chunk_id, entries))) = (&fast, chunk.take()) {
-            if !fast_failed {
-                record_what_was_written(
-                    db, spec, transform, &planned, fast, chunk_id, entries, stop,
-                )
-                .await?;
-            }
         }
         if !fast_failed && result.matched == planned.len() as u64 {
             break;
@@ -380,14 +400,16 @@ pub async fn client_batch(
         stats.modified += written_before;
         let mut again = Stats::default();
         planned = plan(transform, reread, &mut again).await;
+        planned = without_moved(db, spec, migration, planned, &mut again, stop).await?;
+        stats.absorb_moved_of(&again);
         // Written by us in this round: counted in `modified`, not again.
         let still_pending = planned.len() as u64;
         // Those no longer eligible (or now invalid) were changed by the application: left alone.
-        stats.conflicts += gone.saturating_sub(still_pending + written_before);
+        stats.conflicts += gone.saturating_sub(still_pending + written_before + again.moved);
     }
     stats.unchanged = stats
         .scanned
-        .saturating_sub(stats.modified + stats.invalid + stats.conflicts);
+        .saturating_sub(stats.modified + stats.invalid + stats.conflicts + stats.moved);
     Ok(stats)
 }
 

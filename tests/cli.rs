@@ -272,6 +272,41 @@ async fn drift_shows_in_status_and_stops_up_with_exit_5() {
 }
 
 #[tokio::test]
+async fn a_checksum_earlier_releases_took_over_the_bytes_of_todays_source_is_not_drift() {
+    let t = fresh_db("byte_checksum").await;
+    users(&t, 5).await;
+    assert!(t.migrate(&["up"]).status.success());
+    let source = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations/002_create_withdrawal_indexes.rs"),
+    )
+    .unwrap();
+    let bytes = mongo_migrate::engine::sources::byte_checksum(&source);
+    assert_ne!(bytes, mongo_migrate::engine::sources::checksum(&source));
+    t.db.collection::<Document>("migrations")
+        .update_one(
+            doc! { "name": "002_create_withdrawal_indexes" },
+            doc! { "$set": { "checksum": &bytes } },
+        )
+        .await
+        .unwrap();
+    let status = t.migrate(&["status"]);
+    assert!(status.status.success(), "{}", text(&status));
+    assert!(
+        !text(&status).contains("changed since applied"),
+        "{}",
+        text(&status)
+    );
+    let rolled = t.migrate(&["rollback", "--yes"]);
+    assert!(rolled.status.success(), "{}", text(&rolled));
+    let out = t.migrate(&["up"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // 002 did not run again: its record keeps the checksum it was applied under.
+    let record = t.record("002_create_withdrawal_indexes").await.unwrap();
+    assert_eq!(record.get_str("checksum").unwrap(), bytes);
+}
+
+#[tokio::test]
 async fn every_run_is_appended_to_the_log_file() {
     let t = fresh_db("logfile").await;
     users(&t, 10).await;

@@ -123,15 +123,15 @@ pub struct MigrationStatus {
 /// The JavaScript runner's file suffix, which its records' names may carry.
 pub const JS_SUFFIX: &str = ".js";
 
-/// The state a record gives a compiled-in migration with `checksum`.
-fn state_of(record: Option<&Record>, checksum: &str) -> State {
+/// The state a record gives compiled-in migration `m`.
+fn state_of(record: Option<&Record>, m: &Registered) -> State {
     let Some(record) = record else {
         return State::Pending;
     };
     match &record.status {
         // No checksum was ever recorded (the JavaScript runner kept none): not drift.
         RecordStatus::Completed if record.checksum.is_empty() => State::Adopted,
-        RecordStatus::Completed if record.checksum != checksum => State::Changed,
+        RecordStatus::Completed if !m.accepts(&record.checksum) => State::Changed,
         RecordStatus::Completed => State::Completed,
         RecordStatus::Failed => State::Failed,
         RecordStatus::Running => State::Running,
@@ -171,7 +171,7 @@ pub fn plan(migrations: &[Registered], records: Vec<Record>) -> Vec<MigrationSta
                 number: m.number,
                 name: m.name.to_string(),
                 description: m.migration.description().to_string(),
-                state: state_of(record.as_ref(), m.checksum),
+                state: state_of(record.as_ref(), m),
                 checksum: Some(m.checksum.to_string()),
                 record,
                 to_adopt,

@@ -307,6 +307,34 @@ async fn a_checksum_earlier_releases_took_over_the_bytes_of_todays_source_is_not
 }
 
 #[tokio::test]
+async fn databases_that_applied_the_migrations_before_they_were_reformatted_see_no_drift() {
+    let t = fresh_db("reformatted").await;
+    users(&t, 5).await;
+    assert!(t.migrate(&["up"]).status.success());
+    for (name, bytes, _) in mongo_migrate::engine::sources::REFORMATTED {
+        let set =
+            t.db.collection::<Document>("migrations")
+                .update_one(
+                    doc! { "name": name },
+                    doc! { "$set": { "checksum": bytes } },
+                )
+                .await
+                .unwrap();
+        assert_eq!(set.matched_count, 1, "{name}");
+    }
+    let status = t.migrate(&["status"]);
+    assert!(
+        !text(&status).contains("changed since applied"),
+        "{}",
+        text(&status)
+    );
+    let up = t.migrate(&["up"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let rollback = t.migrate(&["rollback", "--dry-run"]);
+    assert!(rollback.status.success(), "{}", text(&rollback));
+}
+
+#[tokio::test]
 async fn every_run_is_appended_to_the_log_file() {
     let t = fresh_db("logfile").await;
     users(&t, 10).await;

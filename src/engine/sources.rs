@@ -128,12 +128,29 @@ pub fn byte_checksum(source: &[u8]) -> String {
     hex(&Sha256::digest(lf_normalised(source)))
 }
 
-/// Checksums recorded by earlier releases (over the bytes, see [`byte_checksum`]) for migrations
-/// whose files have been reformatted since: `(name, byte checksum of the file as it was applied,
-/// token checksum of the file today)`. The byte checksums under which this source was applied by
-/// earlier releases; tokens identical (but where an entry says otherwise). An entry counts only
-/// while the migration's tokens are still those, so any later change to its code is drift again.
-pub const REFORMATTED: &[(&str, &str, &str)] = &[];
+/// Checksums recorded by earlier releases for migrations whose files have been reformatted
+/// since: `(name, byte checksum, token checksum)`. The byte checksum ([`byte_checksum`], what
+/// earlier releases recorded) is the one under which the file was applied; the token checksum is
+/// today's file's. An entry counts only while the file's tokens are still those, so any later
+/// change to its code is drift again.
+///
+/// The byte checksums under which this source was applied by earlier releases; tokens identical
+/// but for the trailing commas rustfmt added or removed before a closing bracket, each in a call's
+/// arguments or a struct literal's fields, where a trailing comma means nothing.
+pub const REFORMATTED: &[(&str, &str, &str)] = &[
+    // `catching_up(CatchUp { .. },)` lost its trailing comma.
+    (
+        "001_add_withdrawal_fields_to_users",
+        "a5dfb54fdb359a3e34e043bc322a4f9c1a8250964afd88e2311a1693866c2ec2",
+        "a984afbbc8dc7292c1a7869fe147c5baecf5fbe35543d2d4b0a1d4fc2ce0c8a3",
+    ),
+    // `Dec { .., exponent: -1 }` and `Bson::Decimal128(..)` in `fast_path` gained one each.
+    (
+        "003_migrate_existing_user_balances",
+        "c6178cc35afbe511abefc059d4debb07810c27b04c50cb3a95828d0802e56542",
+        "0db2027b4c80a65f048e4877f47ef9f1888e4ec6ead92991e5583ef901fc4be9",
+    ),
+];
 
 /// The checksums besides [`checksum`] that a record of migration `name`, whose source is
 /// `source`, may carry without being drift: the byte checksum of this source, as earlier
@@ -640,6 +657,34 @@ mod tests {
             ["x", "=", "1.5e-3f64", "+", "0x1F", "-", "2usize", "-", "1"]
         );
         assert_eq!(tokens("t.0 + 1_000"), ["t", ".", "0", "+", "1_000"]);
+    }
+
+    #[test]
+    fn each_reformatted_alias_is_of_a_reformatted_migration_whose_tokens_are_todays() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut sources = BTreeMap::new();
+        for dir in ["migrations", "examples/app_migrations"] {
+            for (_, source) in scan(&root.join(dir)).unwrap() {
+                sources.insert(source.name, fs::read(&source.path).unwrap());
+            }
+        }
+        assert!(!REFORMATTED.is_empty());
+        for (name, bytes, tokens) in REFORMATTED {
+            let source = sources
+                .get(*name)
+                .unwrap_or_else(|| panic!("{name} is not a migration here"));
+            assert_eq!(
+                checksum(source),
+                *tokens,
+                "{name}: its code changed since it was reformatted, so its alias no longer applies"
+            );
+            // Only a reformatted file needs an alias: an unchanged one has its byte checksum.
+            assert_ne!(byte_checksum(source), *bytes, "{name}");
+            assert!(legacy_checksums(name, source).contains(&bytes.to_string()));
+            // Other tokens, or another migration, do not get the alias.
+            assert!(!legacy_checksums(name, b"fn other() {}").contains(&bytes.to_string()));
+            assert!(!legacy_checksums("004_other", source).contains(&bytes.to_string()));
+        }
     }
 
     #[test]

@@ -346,6 +346,37 @@ pub fn baseline_targets(plan: &[MigrationStatus], to: u32) -> Result<Vec<&Migrat
     Ok(targets)
 }
 
+/// An applied migration whose record holds a checksum that is not its source's (drift), as
+/// `migrate repair` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChecksumRepair {
+    /// The migration.
+    pub name: String,
+    /// The name of its record: the migration's, or the JavaScript runner's (`.js`).
+    pub record: String,
+    /// The checksum the record holds.
+    pub recorded: String,
+    /// Its source's checksum today.
+    pub checksum: String,
+}
+
+/// What `repair` records today's checksum on: every applied migration whose source changed
+/// since (see [`State::Changed`]).
+pub fn repair_targets(plan: &[MigrationStatus]) -> Vec<ChecksumRepair> {
+    plan.iter()
+        .filter(|m| m.state == State::Changed)
+        .filter_map(|m| {
+            let record = m.record.as_ref()?;
+            Some(ChecksumRepair {
+                name: m.name.clone(),
+                record: record.name.clone(),
+                recorded: record.checksum.clone(),
+                checksum: m.checksum.clone()?,
+            })
+        })
+        .collect()
+}
+
 /// Whether before-images of `name` belong to a migration that is applied or partly applied
 /// (otherwise nothing will ever restore them).
 pub fn owns_before_images(plan: &[MigrationStatus], name: &str) -> bool {

@@ -262,6 +262,30 @@ fn a_checksum_recorded_by_an_earlier_release_for_the_same_source_is_not_drift() 
 }
 
 #[test]
+fn repair_lists_each_drifted_migration_with_both_checksums_and_nothing_else() {
+    let mut changed = record("002_b", "completed");
+    changed.checksum = "other".into();
+    let mut failed = record("003_c", "failed");
+    failed.checksum = "older".into();
+    let planned = plan(
+        &three(),
+        vec![unchecked("001_a", "completed"), changed, failed],
+    );
+    assert_eq!(
+        repair_targets(&planned),
+        [ChecksumRepair {
+            name: "002_b".into(),
+            record: "002_b".into(),
+            recorded: "other".into(),
+            checksum: "sum".into(),
+        }]
+    );
+    let mut same = record("002_b", "completed");
+    same.checksum = "sum".into();
+    assert!(repair_targets(&plan(&three(), vec![same])).is_empty());
+}
+
+#[test]
 fn a_plain_record_wins_over_a_js_one_which_is_merged() {
     let planned = plan(
         &three(),

@@ -2,9 +2,9 @@
 //!
 //! Every file must be named `NNN_snake_name.rs`; the number orders them. A malformed name or two
 //! files sharing a number fail the build, because a silently skipped or reordered migration is
-//! worse than no build. Each migration's source is hashed (SHA-256) here so a change to an already
-//! applied migration is detected at run time as drift. The hash is over the text with CRLF read
-//! as LF, so line endings alone never read as drift. Names, checksums and the test module list
+//! worse than no build. Each migration's tokens are hashed (SHA-256) here so a change to an already
+//! applied migration is detected at run time as drift; whitespace, line endings and comments are
+//! not tokens, so they never read as drift. Names, checksums and the test module list
 //! come from `src/engine/sources.rs`, which `embed_migrations!` shares, so both agree.
 
 use std::fmt::Write as _;
@@ -42,6 +42,7 @@ fn main() {
     for (number, source) in &found {
         let text = fs::read(&source.path).unwrap();
         let checksum = sources::checksum(&text);
+        let legacy = sources::legacy_checksums(&source.name, &text);
         // A source that defines `down` is reversible whether or not it says so.
         let migration = if sources::defines_down(&String::from_utf8_lossy(&text)) {
             format!("crate::registry::with_down(m{number:03}::migration())")
@@ -50,7 +51,7 @@ fn main() {
         };
         writeln!(
             out,
-            "        crate::registry::Registered {{ number: {number}, name: {:?}, checksum: {checksum:?}, migration: {migration} }},",
+            "        crate::registry::Registered {{ number: {number}, name: {:?}, checksum: {checksum:?}, legacy: &{legacy:?}, migration: {migration} }},",
             source.name
         )
         .unwrap();

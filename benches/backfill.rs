@@ -517,6 +517,7 @@ async fn run(users: u64, bench: bool, quick: bool) -> usize {
             number: 3,
             name: "003_migrate_existing_user_balances",
             checksum: "bench",
+            legacy: &[],
             migration: Arc::new(ClientPath),
         };
         let time = timed(async {

@@ -41,12 +41,11 @@ fn add_missing() -> Backfill {
         })
         .collect();
     // Only a removed field or a new user can make a user lack a field again.
-    let mut spec = Backfill::new(USERS, missing_any(), Transform::Server(updates)).catching_up(
-        CatchUp {
+    let mut spec =
+        Backfill::new(USERS, missing_any(), Transform::Server(updates)).catching_up(CatchUp {
             removed: FIELDS.iter().map(|f| f.to_string()).collect(),
             ..CatchUp::default()
-        },
-    );
+        });
     spec.label = "001 withdrawal fields".into();
     spec
 }

@@ -117,7 +117,14 @@ pub fn exact_on_server(user: &Document) -> bool {
 
 /// The server-side form of [`transform`], for the users [`exact_on_server`] accepts.
 pub fn fast_path() -> FastPath {
-    let half = Bson::Decimal128(encode_decimal128(&Dec { negative: false, coefficient: 5, exponent: -1 }).expect("0.5 encodes"));
+    let half = Bson::Decimal128(
+        encode_decimal128(&Dec {
+            negative: false,
+            coefficient: 5,
+            exponent: -1,
+        })
+        .expect("0.5 encodes"),
+    );
     let earnings = format!("${EARNINGS}");
     let halved = |value: Bson| doc! { "$round": [{ "$multiply": [value, half.clone()] }, 2] };
     let positive = |types: Bson| doc! { "$and": [{ "$in": [{ "$type": &earnings }, types] }, { "$gt": [&earnings, 0] }] };

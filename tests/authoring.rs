@@ -29,6 +29,7 @@ fn one(name: &'static str, migration: Arc<dyn Migration>) -> Vec<Registered> {
         number: 1,
         name,
         checksum: "rewrite",
+        legacy: &[],
         migration,
     }]
 }

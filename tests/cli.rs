@@ -24,13 +24,14 @@ async fn users(t: &common::TestDb, n: i32) {
 #[tokio::test]
 async fn help_of_every_command_lists_its_flags() {
     let t = fresh_db("help").await;
-    let cases: [(&[&str], &[&str]); 5] = [
+    let cases: [(&[&str], &[&str]); 6] = [
         (
             &["--help"],
             &[
                 "up",
                 "status",
                 "rollback",
+                "repair",
                 "sample-data",
                 "--uri",
                 "--db",
@@ -62,6 +63,17 @@ async fn help_of_every_command_lists_its_flags() {
         (
             &["rollback", "--help"],
             &["--yes", "--force", "--wait", "--allow-drift"],
+        ),
+        (
+            &["repair", "--help"],
+            &[
+                "checksum",
+                "--dry-run",
+                "--yes",
+                "--wait",
+                "--wait-timeout",
+                "--lock-lease",
+            ],
         ),
         (
             &["sample-data", "--help"],
@@ -269,6 +281,159 @@ async fn drift_shows_in_status_and_stops_up_with_exit_5() {
     );
     let forced = t.migrate(&["up", "--allow-drift"]);
     assert!(forced.status.success(), "{}", text(&forced));
+}
+
+#[tokio::test]
+async fn a_checksum_earlier_releases_took_over_the_bytes_of_todays_source_is_not_drift() {
+    let t = fresh_db("byte_checksum").await;
+    users(&t, 5).await;
+    assert!(t.migrate(&["up"]).status.success());
+    let source = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("migrations/002_create_withdrawal_indexes.rs"),
+    )
+    .unwrap();
+    let bytes = mongo_migrate::engine::sources::byte_checksum(&source);
+    assert_ne!(bytes, mongo_migrate::engine::sources::checksum(&source));
+    t.db.collection::<Document>("migrations")
+        .update_one(
+            doc! { "name": "002_create_withdrawal_indexes" },
+            doc! { "$set": { "checksum": &bytes } },
+        )
+        .await
+        .unwrap();
+    let status = t.migrate(&["status"]);
+    assert!(status.status.success(), "{}", text(&status));
+    assert!(
+        !text(&status).contains("changed since applied"),
+        "{}",
+        text(&status)
+    );
+    let rolled = t.migrate(&["rollback", "--yes"]);
+    assert!(rolled.status.success(), "{}", text(&rolled));
+    let out = t.migrate(&["up"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // 002 did not run again: its record keeps the checksum it was applied under.
+    let record = t.record("002_create_withdrawal_indexes").await.unwrap();
+    assert_eq!(record.get_str("checksum").unwrap(), bytes);
+}
+
+#[tokio::test]
+async fn databases_that_applied_the_migrations_before_they_were_reformatted_see_no_drift() {
+    let t = fresh_db("reformatted").await;
+    users(&t, 5).await;
+    assert!(t.migrate(&["up"]).status.success());
+    for (name, bytes, _) in mongo_migrate::engine::sources::REFORMATTED {
+        let set =
+            t.db.collection::<Document>("migrations")
+                .update_one(
+                    doc! { "name": name },
+                    doc! { "$set": { "checksum": bytes } },
+                )
+                .await
+                .unwrap();
+        assert_eq!(set.matched_count, 1, "{name}");
+    }
+    let status = t.migrate(&["status"]);
+    assert!(
+        !text(&status).contains("changed since applied"),
+        "{}",
+        text(&status)
+    );
+    let up = t.migrate(&["up"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let rollback = t.migrate(&["rollback", "--dry-run"]);
+    assert!(rollback.status.success(), "{}", text(&rollback));
+}
+
+#[tokio::test]
+async fn repair_lists_a_changed_migration_then_records_its_checksum_and_up_runs_again() {
+    let t = fresh_db("repair").await;
+    users(&t, 5).await;
+    assert!(t.migrate(&["up"]).status.success());
+    let name = "002_create_withdrawal_indexes";
+    let source = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("migrations/{name}.rs")),
+    )
+    .unwrap();
+    let today = mongo_migrate::engine::sources::checksum(&source);
+    t.db.collection::<Document>("migrations")
+        .update_one(
+            doc! { "name": name },
+            doc! { "$set": { "checksum": "0000aaaa" } },
+        )
+        .await
+        .unwrap();
+    // 003 rolled back gives `up` something to run; the drift of 002 stops it.
+    assert!(t.migrate(&["rollback", "--yes"]).status.success());
+    let refused = t.migrate(&["up"]);
+    assert_eq!(refused.status.code(), Some(5), "{}", text(&refused));
+
+    let record = t.record(name).await.unwrap();
+    let lock = t.all("migrations_lock").await;
+    let dry = t.migrate(&["repair", "--dry-run"]);
+    assert!(dry.status.success(), "{}", text(&dry));
+    let listed = String::from_utf8_lossy(&dry.stdout).into_owned();
+    assert!(
+        listed.contains(&format!(
+            "{name}: recorded 0000aaaa, source today {}",
+            &today[..12]
+        )),
+        "{listed}"
+    );
+    assert_eq!(
+        listed.lines().filter(|l| l.contains("recorded")).count(),
+        1,
+        "{listed}"
+    );
+    assert!(listed.contains("nothing was written"), "{listed}");
+    assert_eq!(t.record(name).await.unwrap(), record);
+    assert_eq!(t.all("migrations_lock").await, lock, "not even the lock");
+
+    // Without a terminal, only --yes confirms.
+    let unconfirmed = t.migrate(&["repair"]);
+    assert_eq!(unconfirmed.status.code(), Some(5), "{}", text(&unconfirmed));
+    assert!(
+        text(&unconfirmed).contains("pass --yes"),
+        "{}",
+        text(&unconfirmed)
+    );
+    assert_eq!(t.record(name).await.unwrap(), record);
+
+    let repaired = t.migrate(&["repair", "--yes"]);
+    assert!(repaired.status.success(), "{}", text(&repaired));
+    assert!(
+        text(&repaired).contains(&format!("repaired {name}")),
+        "{}",
+        text(&repaired)
+    );
+    let record = t.record(name).await.unwrap();
+    assert_eq!(record.get_str("checksum").unwrap(), today);
+    assert_eq!(record.get_str("status").unwrap(), "completed");
+    let history = record.get_array("history").unwrap();
+    let entry = history.last().unwrap().as_document().unwrap();
+    assert_eq!(entry.get_str("action").unwrap(), "repair", "{entry}");
+    assert_eq!(entry.get_str("oldChecksum").unwrap(), "0000aaaa", "{entry}");
+    assert_eq!(entry.get_str("checksum").unwrap(), today, "{entry}");
+    assert!(entry.get_datetime("at").is_ok(), "{entry}");
+    for who in ["user", "host"] {
+        assert!(!entry.get_str(who).unwrap().is_empty(), "{entry}");
+    }
+    assert!(entry.get_i64("pid").unwrap() > 0, "{entry}");
+
+    let up = t.migrate(&["up"]);
+    assert!(up.status.success(), "{}", text(&up));
+    assert_eq!(
+        t.status("003_migrate_existing_user_balances").await,
+        "completed"
+    );
+    let again = t.migrate(&["repair"]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(
+        text(&again).contains("nothing to repair"),
+        "{}",
+        text(&again)
+    );
 }
 
 #[tokio::test]

@@ -111,7 +111,7 @@ async fn instances_starting_together_apply_the_apps_migrations_once_and_roll_bac
             doc! { "_id": 2, "email": "bob@example.com", "tier": "pro", "displayName": "bob@example.com" },
         ]
     );
-    // The records hold the checksums embed_migrations! took: the files' SHA-256.
+    // The records hold the checksums embed_migrations! took: those of the files' tokens.
     let record = t.record("002_lowercase_emails").await.unwrap();
     let source = std::fs::read(
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))

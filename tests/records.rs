@@ -96,6 +96,7 @@ async fn a_failed_post_condition_says_so_once() {
         number: 1,
         name: "001_check_fails",
         checksum: "x",
+        legacy: &[],
         migration: std::sync::Arc::new(CheckFails),
     };
     let runner = mongo_migrate::MigrationRunner::with_migrations(t.db.clone(), vec![registered]);

@@ -88,6 +88,7 @@ fn reg(number: u32, name: &'static str, migration: impl Migration + 'static) -> 
         number,
         name,
         checksum: "c0",
+        legacy: &[],
         migration: Arc::new(migration),
     }
 }

@@ -1,5 +1,5 @@
 //! `embed_migrations!("dir")`: compiles an application's `dir/NNN_snake_name.rs` files in and
-//! returns them as a `Vec<mongo_migrate::Registered>`, with the same SHA-256 checksums and the
+//! returns them as a `Vec<mongo_migrate::Registered>`, with the same checksums and the
 //! same `down` detection as the `mongo-migrate` crate's own `build.rs` (both read
 //! `src/engine/sources.rs`). Use it through `mongo_migrate::embed_migrations!`.
 
@@ -55,6 +55,7 @@ fn expand(input: TokenStream) -> Result<String, String> {
         let path = source.path.display().to_string();
         let text = std::fs::read(&source.path).map_err(|e| format!("cannot read {path}: {e}"))?;
         let checksum = sources::checksum(&text);
+        let legacy = sources::legacy_checksums(&source.name, &text);
         let module = format!("__migration_{number:03}");
         writeln!(code, "    #[path = {path:?}]\n    mod {module};").unwrap();
         // Recompile when the file changes even where module files are not tracked.
@@ -71,7 +72,7 @@ fn expand(input: TokenStream) -> Result<String, String> {
         };
         writeln!(
             list,
-            "        ::mongo_migrate::Registered {{ number: {number}, name: {:?}, checksum: {checksum:?}, migration: {migration} }},",
+            "        ::mongo_migrate::Registered {{ number: {number}, name: {:?}, checksum: {checksum:?}, legacy: &{legacy:?}, migration: {migration} }},",
             source.name
         )
         .unwrap();

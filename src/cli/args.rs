@@ -67,6 +67,10 @@ pub(super) enum Command {
     /// Mark every migration up to NNN as applied without running it, for a database brought to
     /// that state by other means (each record's history says so)
     Baseline(BaselineArgs),
+    /// Accept the changed source of applied migrations: list each whose recorded checksum is not
+    /// its source's, then, once confirmed, record today's checksum on each, with a history entry
+    /// naming the old checksum and who accepted it. Comments and formatting are never a change
+    Repair(RepairArgs),
     /// Print a shell completion script (e.g. `migrate completions bash > /etc/bash_completion.d/migrate`)
     Completions {
         /// The shell to complete for
@@ -80,6 +84,18 @@ pub(super) enum Command {
     New(super::new::NewArgs),
 }
 
+/// The lock's flags, and `--allow-drift`, for the commands that run migrations.
+#[derive(Debug, Args)]
+pub(super) struct RunLockArgs {
+    #[command(flatten)]
+    pub(super) lock: LockArgs,
+    /// Run even though an applied migration's source changed since it ran (`migrate repair`
+    /// accepts the change for good)
+    #[arg(long)]
+    pub(super) allow_drift: bool,
+}
+
+/// The lock's flags.
 #[derive(Debug, Args)]
 pub(super) struct LockArgs {
     /// Wait for a lock held by another run instead of failing
@@ -91,9 +107,6 @@ pub(super) struct LockArgs {
     /// Lock lease in seconds (5 to 3600): a run that stops renewing it loses the lock after this
     #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(crate::engine::lock::MIN_LEASE.as_secs()..=crate::engine::lock::MAX_LEASE.as_secs()))]
     pub(super) lock_lease: u64,
-    /// Run even though an applied migration's source changed since it ran
-    #[arg(long)]
-    pub(super) allow_drift: bool,
 }
 
 #[derive(Debug, Args)]
@@ -177,7 +190,7 @@ pub(super) struct UpArgs {
     #[arg(long, env = "MIGRATE_NO_TRANSACTIONS")]
     pub(super) no_transactions: bool,
     #[command(flatten)]
-    pub(super) lock: LockArgs,
+    pub(super) lock: RunLockArgs,
 }
 
 #[derive(Debug, Args)]
@@ -196,7 +209,7 @@ pub(super) struct RollbackArgs {
     #[arg(long)]
     pub(super) dry_run: bool,
     #[command(flatten)]
-    pub(super) lock: LockArgs,
+    pub(super) lock: RunLockArgs,
 }
 
 #[derive(Debug, Args)]
@@ -205,6 +218,18 @@ pub(super) struct BaselineArgs {
     #[arg(long, value_name = "NNN", required = true, value_parser = parse_migration_number)]
     pub(super) to: u32,
     /// Show what would be marked; write nothing
+    #[arg(long)]
+    pub(super) dry_run: bool,
+    #[command(flatten)]
+    pub(super) lock: RunLockArgs,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct RepairArgs {
+    /// Do not ask for confirmation (required without a terminal)
+    #[arg(short, long)]
+    pub(super) yes: bool,
+    /// List what differs; write nothing (no records, not even the lock)
     #[arg(long)]
     pub(super) dry_run: bool,
     #[command(flatten)]

@@ -1,7 +1,9 @@
 //! The subcommands: each turns its flags into [`RunOptions`], drives the runner and prints what
 //! happened.
 
-use super::args::{BaselineArgs, LockArgs, RollbackArgs, SampleArgs, UpArgs};
+use super::args::{
+    BaselineArgs, LockArgs, RepairArgs, RollbackArgs, RunLockArgs, SampleArgs, UpArgs,
+};
 use super::config::Config;
 use super::logging::{print_err, print_out};
 use super::progress::Bar;
@@ -32,12 +34,16 @@ pub(super) async fn status(db: mongodb::Database, json: bool, watch: bool) -> Re
     Ok(())
 }
 
-fn lock_options(options: &mut RunOptions, lock: &LockArgs) {
+fn lock_options(options: &mut RunOptions, lock: &RunLockArgs) {
+    wait_options(options, &lock.lock);
+    options.allow_drift = lock.allow_drift;
+}
+
+fn wait_options(options: &mut RunOptions, lock: &LockArgs) {
     options.wait_for_lock = lock
         .wait
         .then(|| lock.wait_timeout.map(Duration::from_secs));
     options.lock_lease = Duration::from_secs(lock.lock_lease);
-    options.allow_drift = lock.allow_drift;
 }
 
 pub(super) async fn up(db: mongodb::Database, config: &Config, args: UpArgs) -> Result<()> {
@@ -168,6 +174,71 @@ pub(super) async fn baseline(db: mongodb::Database, args: BaselineArgs) -> Resul
     }
     if args.dry_run {
         print_out("dry run: nothing was written");
+    }
+    Ok(())
+}
+
+/// The first 12 hex digits of a checksum: enough to tell two apart.
+fn short(checksum: &str) -> &str {
+    checksum.get(..12).unwrap_or(checksum)
+}
+
+pub(super) async fn repair(db: mongodb::Database, args: RepairArgs) -> Result<()> {
+    let mut options = RunOptions::default();
+    wait_options(&mut options, &args.lock);
+    let runner = MigrationRunner::new(db).with_options(options);
+    let targets = runner.repair_targets().await?;
+    if targets.is_empty() {
+        print_out("nothing to repair: every applied migration's recorded checksum is its source's");
+        return Ok(());
+    }
+    for t in &targets {
+        print_out(format!(
+            "{}: recorded {}, source today {}",
+            t.name,
+            short(&t.recorded),
+            short(&t.checksum)
+        ));
+    }
+    if args.dry_run {
+        print_out("dry run: nothing was written");
+        return Ok(());
+    }
+    if !args.yes {
+        let names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+        if !std::io::stdin().is_terminal() {
+            return Err(Error::Refused(format!(
+                "repair of {} needs confirmation: pass --yes to confirm without a terminal",
+                names.join(", ")
+            )));
+        }
+        print_err(format!(
+            "Record today's checksum for {}, accepting its source as it is now? Type 'yes' to confirm: ",
+            names.join(", ")
+        ));
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        let _ = std::io::stdin().read_line(&mut answer);
+        if answer.trim() != "yes" {
+            return Err(Error::Refused(
+                "repair not confirmed; nothing was changed".into(),
+            ));
+        }
+    }
+    let repaired = runner.repair(&targets).await?;
+    for t in &repaired {
+        print_out(format!(
+            "repaired {}: recorded {} (was {})",
+            t.name,
+            short(&t.checksum),
+            short(&t.recorded)
+        ));
+    }
+    if repaired.len() < targets.len() {
+        print_err(format!(
+            "warning: {} record(s) changed since they were listed and were left as they are; run `migrate repair` again\n",
+            targets.len() - repaired.len()
+        ));
     }
     Ok(())
 }

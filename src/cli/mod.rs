@@ -149,6 +149,7 @@ async fn run(cli: Cli, settings: Settings) -> Result<()> {
         Command::New(_) => unreachable!("`new` returns before connecting"),
         Command::Rollback(args) => commands::rollback(db, args).await,
         Command::Baseline(args) => commands::baseline(db, args).await,
+        Command::Repair(args) => commands::repair(db, args).await,
         Command::Completions { .. } => unreachable!("answered before connecting"),
         Command::SampleData(args) => commands::sample_data(db, args).await,
     };

@@ -184,7 +184,7 @@ pub(super) fn print_status(status: &[MigrationStatus], json: bool) {
             State::Interrupted => super::live::interrupted_note(m),
             State::Failed => record.and_then(|r| r.error.clone()).unwrap_or_default(),
             State::Changed => {
-                "source changed since applied: `up` refuses until restored or --allow-drift".into()
+                "source changed since applied: `up` refuses until restored or accepted (`migrate repair`)".into()
             }
             State::Pending => m.description.clone(),
             State::Adopted => format!(

@@ -46,7 +46,7 @@ pub enum Error {
     LockLost(String),
 
     /// An applied migration's source changed since it ran.
-    #[error("migration {names} changed since it was applied (checksum differs). Restore its original source, or pass --allow-drift if the change is intended and harmless")]
+    #[error("migration {names} changed since it was applied (checksum differs). Restore its original source, or, if the change is intended and harmless, accept it with `migrate repair` (or pass --allow-drift to run this once without accepting it)")]
     Drift { names: String },
 
     /// A migration was interrupted and `up` was run without `--resume` / `--restart`.

@@ -123,15 +123,15 @@ pub struct MigrationStatus {
 /// The JavaScript runner's file suffix, which its records' names may carry.
 pub const JS_SUFFIX: &str = ".js";
 
-/// The state a record gives a compiled-in migration with `checksum`.
-fn state_of(record: Option<&Record>, checksum: &str) -> State {
+/// The state a record gives compiled-in migration `m`.
+fn state_of(record: Option<&Record>, m: &Registered) -> State {
     let Some(record) = record else {
         return State::Pending;
     };
     match &record.status {
         // No checksum was ever recorded (the JavaScript runner kept none): not drift.
         RecordStatus::Completed if record.checksum.is_empty() => State::Adopted,
-        RecordStatus::Completed if record.checksum != checksum => State::Changed,
+        RecordStatus::Completed if !m.accepts(&record.checksum) => State::Changed,
         RecordStatus::Completed => State::Completed,
         RecordStatus::Failed => State::Failed,
         RecordStatus::Running => State::Running,
@@ -171,7 +171,7 @@ pub fn plan(migrations: &[Registered], records: Vec<Record>) -> Vec<MigrationSta
                 number: m.number,
                 name: m.name.to_string(),
                 description: m.migration.description().to_string(),
-                state: state_of(record.as_ref(), m.checksum),
+                state: state_of(record.as_ref(), m),
                 checksum: Some(m.checksum.to_string()),
                 record,
                 to_adopt,
@@ -344,6 +344,37 @@ pub fn baseline_targets(plan: &[MigrationStatus], to: u32) -> Result<Vec<&Migrat
         }
     }
     Ok(targets)
+}
+
+/// An applied migration whose record holds a checksum that is not its source's (drift), as
+/// `migrate repair` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChecksumRepair {
+    /// The migration.
+    pub name: String,
+    /// The name of its record: the migration's, or the JavaScript runner's (`.js`).
+    pub record: String,
+    /// The checksum the record holds.
+    pub recorded: String,
+    /// Its source's checksum today.
+    pub checksum: String,
+}
+
+/// What `repair` records today's checksum on: every applied migration whose source changed
+/// since (see [`State::Changed`]).
+pub fn repair_targets(plan: &[MigrationStatus]) -> Vec<ChecksumRepair> {
+    plan.iter()
+        .filter(|m| m.state == State::Changed)
+        .filter_map(|m| {
+            let record = m.record.as_ref()?;
+            Some(ChecksumRepair {
+                name: m.name.clone(),
+                record: record.name.clone(),
+                recorded: record.checksum.clone(),
+                checksum: m.checksum.clone()?,
+            })
+        })
+        .collect()
 }
 
 /// Whether before-images of `name` belong to a migration that is applied or partly applied

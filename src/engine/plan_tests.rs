@@ -23,6 +23,7 @@ fn registered(number: u32, name: &'static str) -> Registered {
         number,
         name,
         checksum: "sum",
+        legacy: &[],
         migration: Arc::new(Noop),
     }
 }
@@ -244,6 +245,44 @@ fn a_recorded_checksum_that_differs_is_drift_and_a_missing_one_is_not() {
     assert_eq!(planned[0].state, State::Changed);
     assert_eq!(planned[1].state, State::Adopted);
     assert!(planned[0].to_adopt.is_empty());
+}
+
+#[test]
+fn a_checksum_recorded_by_an_earlier_release_for_the_same_source_is_not_drift() {
+    let mut migrations = three();
+    migrations[0].legacy = &["bytes"];
+    let mut earlier = record("001_a", "completed");
+    earlier.checksum = "bytes".into();
+    // The alias is 001's: on another migration it is a checksum like any other.
+    let mut elsewhere = record("002_b", "completed");
+    elsewhere.checksum = "bytes".into();
+    let planned = plan(&migrations, vec![earlier, elsewhere]);
+    assert_eq!(planned[0].state, State::Completed);
+    assert_eq!(planned[1].state, State::Changed);
+}
+
+#[test]
+fn repair_lists_each_drifted_migration_with_both_checksums_and_nothing_else() {
+    let mut changed = record("002_b", "completed");
+    changed.checksum = "other".into();
+    let mut failed = record("003_c", "failed");
+    failed.checksum = "older".into();
+    let planned = plan(
+        &three(),
+        vec![unchecked("001_a", "completed"), changed, failed],
+    );
+    assert_eq!(
+        repair_targets(&planned),
+        [ChecksumRepair {
+            name: "002_b".into(),
+            record: "002_b".into(),
+            recorded: "other".into(),
+            checksum: "sum".into(),
+        }]
+    );
+    let mut same = record("002_b", "completed");
+    same.checksum = "sum".into();
+    assert!(repair_targets(&plan(&three(), vec![same])).is_empty());
 }
 
 #[test]

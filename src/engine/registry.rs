@@ -1,4 +1,4 @@
-//! The compiled-in migrations, in number order, each with the SHA-256 of its source pinned at
+//! The compiled-in migrations, in number order, each with the checksum of its source pinned at
 //! build time (`build.rs`), so drift is detected without the source files at run time.
 
 use crate::engine::error::Result;
@@ -13,8 +13,13 @@ pub struct Registered {
     pub number: u32,
     /// The file name without `.rs`, e.g. `001_add_withdrawal_fields_to_users`: the tracking key.
     pub name: &'static str,
-    /// Hex SHA-256 of the source file.
+    /// Hex SHA-256 of the source file's tokens
+    /// ([`checksum`](crate::engine::sources::checksum)): what a run records.
     pub checksum: &'static str,
+    /// The other checksums a record may carry for this very source without it being drift
+    /// ([`legacy_checksums`](crate::engine::sources::legacy_checksums)): those earlier releases
+    /// recorded over its bytes.
+    pub legacy: &'static [&'static str],
     /// The migration itself.
     pub migration: Arc<dyn Migration>,
 }
@@ -25,7 +30,15 @@ impl std::fmt::Debug for Registered {
             .field("number", &self.number)
             .field("name", &self.name)
             .field("checksum", &self.checksum)
+            .field("legacy", &self.legacy)
             .finish()
+    }
+}
+
+impl Registered {
+    /// Whether a record carrying `recorded` applied this source: today's checksum or a legacy one.
+    pub fn accepts(&self, recorded: &str) -> bool {
+        recorded == self.checksum || self.legacy.contains(&recorded)
     }
 }
 

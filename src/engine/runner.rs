@@ -3,7 +3,7 @@
 //! the records, takes the lock, and drives each migration through one begin -> call -> finish
 //! path (`MigrationRunner::execute`) in either direction.
 
-pub use crate::engine::plan::{describe_checkpoint, MigrationStatus, State};
+pub use crate::engine::plan::{describe_checkpoint, ChecksumRepair, MigrationStatus, State};
 
 use crate::engine::control;
 use crate::engine::direction::{Direction, Ending};
@@ -18,7 +18,7 @@ use mongodb::Database;
 use std::time::Duration;
 use tracing::{error, info, warn};
 
-/// Adoption of the JavaScript runner's records, `baseline`, and the rollback preview.
+/// Adoption of the JavaScript runner's records, `baseline`, `repair`, and the rollback preview.
 mod admin;
 
 /// What one migration did in a run.

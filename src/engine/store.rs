@@ -295,7 +295,7 @@ impl Store {
         .await
     }
     /// A history entry of an administrative action on `name`'s record (adoption, baseline,
-    /// control), saying who did it and when.
+    /// repair, control), saying who did it and when.
     fn admin_entry(&self, action: &str, status: &str) -> Document {
         doc! {
             "action": action,
@@ -401,6 +401,24 @@ impl Store {
         };
         self.update_record(name, update, true, true, format!("baselining {name}"))
             .await
+    }
+
+    /// Records `checksum` as the checksum of `name`'s record (`migrate repair`): its source changed
+    /// since it was applied, and the operator accepted the change. The history entry names the
+    /// checksum it replaces and who accepted it.
+    pub async fn repair(&self, name: &str, old: &str, checksum: &str) -> Result<()> {
+        let mut entry = self.admin_entry("repair", RecordStatus::Completed.as_str());
+        entry.insert("oldChecksum", old);
+        entry.insert("checksum", checksum);
+        let update = doc! { "$set": { "checksum": checksum }, "$push": { "history": entry } };
+        self.update_record(
+            name,
+            update,
+            false,
+            true,
+            format!("recording today's checksum of {name}"),
+        )
+        .await
     }
 }
 

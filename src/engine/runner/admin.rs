@@ -1,11 +1,11 @@
 //! The runner's administrative work on the tracking records: adopting what the JavaScript
-//! runner recorded, marking migrations applied without running them (`baseline`), and saying
-//! what a rollback would do without doing it.
+//! runner recorded, marking migrations applied without running them (`baseline`), accepting the
+//! changed source of applied ones (`repair`), and saying what a rollback would do without doing it.
 
 use super::{release, MigrationRunner, MigrationStatus, RollbackPreview, State};
 use crate::engine::error::{Error, Result};
-use crate::engine::plan;
-use tracing::info;
+use crate::engine::plan::{self, ChecksumRepair};
+use tracing::{info, warn};
 
 impl MigrationRunner {
     /// Adopts every record the JavaScript runner left (see [`plan::adoptions`]), then plans
@@ -75,6 +75,52 @@ impl MigrationRunner {
         self.store.unfence();
         release(lock).await;
         result
+    }
+
+    /// The applied migrations whose recorded checksum is not their source's (see
+    /// [`plan::repair_targets`]), read without writing anything (not even the lock).
+    pub async fn repair_targets(&self) -> Result<Vec<ChecksumRepair>> {
+        Ok(plan::repair_targets(&self.plan().await?))
+    }
+
+    /// Records today's checksum on each of `confirmed` (as [`Self::repair_targets`] listed them)
+    /// under the lock, each with a `repair` history entry naming the checksum it replaces
+    /// (`migrate repair`). One whose record changed since it was listed is left as it is: what
+    /// it holds now was not what the operator accepted. Returns those repaired.
+    pub async fn repair(&self, confirmed: &[ChecksumRepair]) -> Result<Vec<ChecksumRepair>> {
+        self.store.ensure_indexes().await?;
+        let lock = self.lock("repair").await?;
+        self.store.fence(lock.token());
+        let result = self.repair_locked(confirmed).await;
+        self.store.unfence();
+        release(lock).await;
+        result
+    }
+
+    async fn repair_locked(&self, confirmed: &[ChecksumRepair]) -> Result<Vec<ChecksumRepair>> {
+        let targets = plan::repair_targets(&self.plan().await?);
+        let mut repaired = Vec::new();
+        for target in targets {
+            if !confirmed.contains(&target) {
+                warn!(
+                    migration = target.name,
+                    recorded = target.recorded,
+                    "not repaired: its record changed since it was listed"
+                );
+                continue;
+            }
+            self.store
+                .repair(&target.record, &target.recorded, &target.checksum)
+                .await?;
+            info!(
+                migration = target.name,
+                old = target.recorded,
+                checksum = target.checksum,
+                "recorded today's checksum (repair)"
+            );
+            repaired.push(target);
+        }
+        Ok(repaired)
     }
 
     async fn baseline_locked(&self, to: u32) -> Result<Vec<String>> {

@@ -144,12 +144,8 @@ pub const REFORMATTED: &[(&str, &str, &str)] = &[
         "a5dfb54fdb359a3e34e043bc322a4f9c1a8250964afd88e2311a1693866c2ec2",
         "a984afbbc8dc7292c1a7869fe147c5baecf5fbe35543d2d4b0a1d4fc2ce0c8a3",
     ),
-    // `Dec { .., exponent: -1 }` and `Bson::Decimal128(..)` in `fast_path` gained one each.
-    (
-        "003_migrate_existing_user_balances",
-        "c6178cc35afbe511abefc059d4debb07810c27b04c50cb3a95828d0802e56542",
-        "0db2027b4c80a65f048e4877f47ef9f1888e4ec6ead92991e5583ef901fc4be9",
-    ),
+    // 003 has none: its code changed after it was reformatted (it owns all three withdrawal
+    // fields now), so a database that applied an earlier 003 reports drift until `repair`.
 ];
 
 /// The checksums besides [`checksum`] that a record of migration `name`, whose source is

@@ -246,7 +246,8 @@ impl Migration for MigrateExistingUserBalances {
     /// or still at the defaults with earnings worth at least a cent of balance, must be one with
     /// invalid earnings, or one the application moved after this migration wrote it (a balance
     /// reset to 0), which is the application's. A user whose balance moved before this migration
-    /// is never a candidate, even if it lacks a field.
+    /// is never a candidate, even if it lacks a field. Judged as of the run's convergence point
+    /// (see [`backfill::Convergence`]).
     async fn verify(&self, ctx: &Context) -> Result<()> {
         let filter = doc! { "$and": [untouched_by_application(), left_unmigrated()] };
         let users = ctx.db().collection::<Document>(USERS);
@@ -268,6 +269,16 @@ impl Migration for MigrateExistingUserBalances {
             }
         }
         let left = backfill::not_moved(ctx, &backfill_spec(), left).await?;
+        // Judged as of the run's convergence point: a user the application wrote after it is the
+        // application's, and does not fail the run.
+        let (left, after_convergence) = backfill::judged_as_of_convergence(ctx, left).await?;
+        if after_convergence > 0 {
+            tracing::info!(
+                migration = ctx.name(),
+                users = after_convergence,
+                "users the application changed after the convergence point are left to it"
+            );
+        }
         let unmigrated = left.len();
         let samples: Vec<Bson> = left
             .iter()

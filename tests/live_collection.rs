@@ -93,6 +93,21 @@ struct AppLog {
     inserted: HashMap<String, Document>,
     /// Users it deleted.
     deleted: std::collections::HashSet<String>,
+    /// When each user was last written, as acknowledged (milliseconds since the epoch).
+    last_write: HashMap<String, i64>,
+}
+
+impl AppLog {
+    /// Users whose last write was acknowledged at or after `at`: the application's as of a
+    /// convergence point at `at` (an acknowledgement comes after the commit, so every user left
+    /// out here was written before it).
+    fn written_since(&self, at: mongodb::bson::DateTime) -> std::collections::HashSet<String> {
+        self.last_write
+            .iter()
+            .filter(|(_, ms)| **ms >= at.timestamp_millis())
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
 }
 
 /// The withdrawal fields of `user`.
@@ -114,12 +129,27 @@ async fn assert_balances_follow_current_earnings(
     before: &HashMap<String, Document>,
     app: &AppLog,
 ) {
+    assert_balances_as_of(t, before, app, &Default::default()).await;
+}
+
+/// As [`assert_balances_follow_current_earnings`], leaving out the users in `theirs` (written
+/// by the application after the run's convergence point) but for those it moved, which must
+/// hold what it set whenever that was.
+async fn assert_balances_as_of(
+    t: &TestDb,
+    before: &HashMap<String, Document>,
+    app: &AppLog,
+    theirs: &std::collections::HashSet<String>,
+) {
     let mut wrong = Vec::new();
     let mut moved_kept = 0;
     for user in t.all("users").await {
         let id = user.get("_id").unwrap().clone();
         let key = id_key(&id);
         let actual = fields_of(&user);
+        if theirs.contains(&key) && !app.moved.contains_key(&key) {
+            continue;
+        }
         if app.deleted.contains(&key) {
             wrong.push(format!("{user} was deleted by the application"));
             continue;
@@ -258,6 +288,9 @@ impl Writer {
                     },
                 };
                 let after = mongodb::options::ReturnDocument::After;
+                // Withdrawals and resets go to the users the scan reaches first (`_id` order),
+                // so that many of them land on users 003 has written already.
+                let early = (rng.next() % (USERS as u64 / 4)) as i64;
                 let moved = match op {
                     Op::Earnings => {
                         let amount = (rng.next() % 5_000_000 + 100) as f64 / 100.0;
@@ -300,7 +333,7 @@ impl Writer {
                     }
                     Op::Withdrawal => coll
                         .find_one_and_update(
-                            doc! { "_id": id, "withdrawableBalance": { "$gt": 25 } },
+                            doc! { "_id": early, "withdrawableBalance": { "$gt": 25 } },
                             doc! { "$set": { "pendingWithdrawals": 25 } },
                         )
                         .return_document(after)
@@ -309,7 +342,7 @@ impl Writer {
                     Op::Reset => coll
                         .find_one_and_update(
                             doc! {
-                                "_id": id, "withdrawableBalance": { "$ne": 0 },
+                                "_id": early, "withdrawableBalance": { "$ne": 0 },
                                 "totalWithdrawn": 0, "pendingWithdrawals": 0,
                             },
                             doc! { "$set": { "withdrawableBalance": 0 } },
@@ -322,6 +355,13 @@ impl Writer {
                     log.moved
                         .insert(id_key(user.get("_id").unwrap()), fields_of(&user));
                 }
+                let now = mongodb::bson::DateTime::now().timestamp_millis();
+                let touched = match op {
+                    Op::Insert => INSERTED_FROM + inserted - 1,
+                    Op::Withdrawal | Op::Reset => early,
+                    _ => id,
+                };
+                log.last_write.insert(id_key(&Bson::Int64(touched)), now);
                 w.fetch_add(1, Ordering::Relaxed);
                 // About 300 to 500 writes a second: every user changes every few seconds.
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -396,6 +436,8 @@ enum StopWriter {
     /// after a short scan can end before a writer told "the scan is over" has stopped, leaving
     /// a write the run was never going to see.
     NearScanEnd,
+    /// Only after `migrate up` has exited: the application never pauses.
+    AfterExit,
 }
 
 /// 003 with the writer running, then rollback; both exact.
@@ -430,16 +472,33 @@ async fn trial(
             run.wait_for(async || scanned(&t).await >= USERS * 9 / 10)
                 .await;
         }
+        StopWriter::AfterExit => {}
     }
-    let (writes, app) = writer.stop().await;
-    let out = run.output().await;
+    let (out, (writes, app)) = match until {
+        StopWriter::AfterExit => {
+            let out = run.output().await;
+            (out, writer.stop().await)
+        }
+        _ => {
+            let stopped = writer.stop().await;
+            (run.output().await, stopped)
+        }
+    };
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(writes > 100, "the writer wrote only {writes} times");
     if !matches!(writes_what, Writes::Earnings) {
         assert!(!app.moved.is_empty(), "the writer moved no user");
     }
-    assert_balances_follow_current_earnings(&t, &before, &app).await;
     let record = t.record(M003).await.unwrap();
+    let converged = record
+        .get_document("result")
+        .unwrap()
+        .get_document("convergedAt")
+        .unwrap_or_else(|_| panic!("no convergence point recorded: {record}"))
+        .get_datetime("wallTime")
+        .unwrap()
+        .to_owned();
+    assert_balances_as_of(&t, &before, &app, &app.written_since(converged)).await;
     let caught = caught_up(&record);
     assert!(
         caught.get_i64("modified").unwrap() > 0,
@@ -555,6 +614,98 @@ async fn users_the_application_moves_while_003_runs_keep_every_field_it_set() {
         &[],
     )
     .await;
+}
+
+#[tokio::test]
+async fn an_application_that_never_pauses_gets_an_exact_run_as_of_the_convergence_point() {
+    // The writer starts before `up` and stops only after it exits: every user it last wrote
+    // before the convergence point holds the rule's balance for its earnings, every user it
+    // moved keeps what it set, and the run ends completed.
+    trial(
+        "livenever",
+        17,
+        "300",
+        "3",
+        StopWriter::AfterExit,
+        Writes::Production,
+        &[],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_application_that_never_pauses_during_guarded_batches_gets_an_exact_run() {
+    trial(
+        "livenevergu",
+        18,
+        "400",
+        "2",
+        StopWriter::AfterExit,
+        Writes::Production,
+        &["--no-transactions"],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_failed_003_run_again_recomputes_the_users_it_wrote_whose_earnings_changed() {
+    let t = fresh_db("failrerun").await;
+    let mut docs = users(3000, 16);
+    docs[2900].insert("affiliateEarnings", "lots");
+    load(&t, &docs).await;
+    let out = migrate(&t, &["up", "--to", "2", "--no-progress"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let before = withdrawal_fields(&t).await;
+    let args = [
+        "up",
+        "--batch-size",
+        "200",
+        "--concurrency",
+        "1",
+        "--no-progress",
+    ];
+    let mut failing = args.to_vec();
+    failing.push("--fail-on-invalid");
+    let out = migrate(&t, &failing).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(t.status(M003).await, "failed");
+    // The application changes earnings of users the failed attempt wrote, then the invalid
+    // user is fixed.
+    let users = t.db.collection::<Document>("users");
+    let mut changed = 0;
+    for i in (0..2500i64).step_by(5) {
+        let written = users
+            .find_one(doc! { "_id": i, "withdrawableBalance": { "$gt": 0 } })
+            .await
+            .unwrap()
+            .is_some();
+        if written {
+            let amount = 100.0 + i as f64 * 3.25;
+            users
+                .update_one(
+                    doc! { "_id": i },
+                    doc! { "$set": { "affiliateEarnings": amount } },
+                )
+                .await
+                .unwrap();
+            changed += 1;
+        }
+    }
+    assert!(
+        changed > 50,
+        "the failed attempt wrote only {changed} of them"
+    );
+    users
+        .update_one(
+            doc! { "_id": 2900 },
+            doc! { "$set": { "affiliateEarnings": 1234.5 } },
+        )
+        .await
+        .unwrap();
+    let out = migrate(&t, &args).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_balances_follow_current_earnings(&t, &before, &AppLog::default()).await;
+    t.db.drop().await.unwrap();
 }
 
 #[tokio::test]

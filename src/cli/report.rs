@@ -248,6 +248,15 @@ fn summarize_result(result: &mongodb::bson::Document) -> String {
             crate::engine::backfill::int(caught, "events")
         ));
     }
+    if let Ok(at) = result
+        .get_document("convergedAt")
+        .and_then(|c| c.get_datetime("wallTime"))
+    {
+        summary.push_str(&format!(
+            " converged at {}",
+            at.try_to_rfc3339_string().unwrap_or_default()
+        ));
+    }
     if let Ok(samples) = result.get_array("invalidSamples") {
         let ids: Vec<String> = samples
             .iter()

@@ -197,9 +197,24 @@ pub struct Context {
     pub(crate) store: Store,
     pub(crate) stop: Stop,
     pub(crate) live: crate::engine::control::Live,
+    /// The convergence point of the backfill this migration ran, for its post-condition.
+    pub(crate) convergence: Arc<Mutex<Option<Arc<crate::engine::backfill::Convergence>>>>,
 }
 
 impl Context {
+    /// The convergence point of the backfill this migration ran in this process (see
+    /// [`crate::engine::backfill::Convergence`]), for its post-condition.
+    pub fn convergence(&self) -> Option<Arc<crate::engine::backfill::Convergence>> {
+        self.convergence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_convergence(&self, point: crate::engine::backfill::Convergence) {
+        *self.convergence.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(point));
+    }
+
     /// The target database.
     pub fn db(&self) -> &Database {
         &self.db

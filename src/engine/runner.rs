@@ -138,6 +138,7 @@ impl MigrationRunner {
             store: self.store.clone(),
             stop: self.stop.clone(),
             live: self.live.clone(),
+            convergence: Default::default(),
         }
     }
 

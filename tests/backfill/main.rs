@@ -15,8 +15,8 @@ mod signals;
 mod windows;
 
 use common::{
-    bytes, fresh_db, load, migrate, read, result_of as result, spawn, text, Rng, TestDb, FIELDS,
-    M001, M002, M003,
+    bytes, counters_of, fresh_db, load, migrate, read, result_of as result, spawn, text, Rng,
+    TestDb, FIELDS, M001, M002, M003,
 };
 use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Decimal128, Document};
 use std::collections::{HashMap, HashSet};

@@ -34,3 +34,14 @@ pub fn read(path: &Path) -> String {
 pub fn result_of(record: &Document) -> &Document {
     record.get_document("result").expect("record has a result")
 }
+
+/// A result without its convergence point (`convergedAt`, a moment that differs from run to
+/// run), for comparing two runs' counters; the point itself must be there.
+pub fn counters_of(result: &Document) -> Document {
+    let mut counters = result.clone();
+    assert!(
+        counters.remove("convergedAt").is_some(),
+        "no convergence point in {result}"
+    );
+    counters
+}

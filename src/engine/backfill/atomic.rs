@@ -518,14 +518,14 @@ async fn in_transaction(
             .collection::<Document>(super::BEFORE_IMAGES)
             .find(super::owned::chunks_naming(migration, &ids))
             .sort(super::before_image::NEWEST_FIRST.clone())
-            .projection(doc! { "entries": 1 })
+            .projection(super::owned::chunk_projection())
             .session(&mut *session)
             .await?
             .stream(&mut *session)
             .try_collect()
             .await?;
         let entries = super::owned::entries_by_document(chunks, &ids);
-        super::owned::keep_owned(planned, &entries, &mut stats)
+        super::owned::keep_owned(spec, planned, &entries, &mut stats)
     };
     if planned.is_empty() {
         return Ok(Attempt::Committed(Box::new(stats)));

@@ -153,6 +153,11 @@ struct Shared {
     opening: bool,
     /// Why the stream could not be resumed from its token.
     unusable: Option<String>,
+    /// From this cluster time on, the time of each document's latest event is kept (see
+    /// [`Watcher::mark`]).
+    marked: Option<Timestamp>,
+    /// The cluster time of each document's latest event since `marked`.
+    latest: std::collections::HashMap<Vec<u8>, Timestamp>,
 }
 
 /// The `_id`s changed since a token, with the token to save once they are written.
@@ -188,7 +193,7 @@ impl Watcher {
         pipeline: Vec<Document>,
         begun: Option<Timestamp>,
     ) -> std::result::Result<Watcher, Unavailable> {
-        let (stream, first) = open_stream(coll, pipeline, None, begun).await?;
+        let (stream, first) = open_stream(coll, pipeline.clone(), None, begun).await?;
         let shared = Arc::new(Mutex::new(Shared {
             token: stream.resume_token(),
             ..Default::default()
@@ -196,7 +201,14 @@ impl Watcher {
         if let Some(event) = first {
             record(&shared, &event, stream.resume_token());
         }
-        let task = tokio::spawn(collect(stream, shared.clone()));
+        let task = tokio::spawn(collect(
+            stream,
+            shared.clone(),
+            Reopen {
+                coll: coll.clone(),
+                pipeline,
+            },
+        ));
         Ok(Watcher { shared, task })
     }
 
@@ -221,7 +233,7 @@ impl Watcher {
         let task = tokio::spawn({
             let shared = shared.clone();
             async move {
-                match open_stream(&coll, pipeline, Some(token), None).await {
+                match open_stream(&coll, pipeline.clone(), Some(token), None).await {
                     Ok((stream, first)) => {
                         {
                             let mut s = lock(&shared);
@@ -237,7 +249,7 @@ impl Watcher {
                             migration,
                             "change stream resumed from the saved resume token"
                         );
-                        collect(stream, shared).await;
+                        collect(stream, shared, Reopen { coll, pipeline }).await;
                     }
                     Err(Unavailable(why)) => {
                         let mut s = lock(&shared);
@@ -271,19 +283,51 @@ impl Watcher {
         }
     }
 
+    /// Why the stream stopped for good, if it did: the run then catches up by passes.
+    pub fn failed(&self) -> Option<String> {
+        lock(&self.shared).failed.clone()
+    }
+
     /// The ids collected so far, and the token covering them.
     pub fn take(&self) -> Result<Taken> {
         let mut s = lock(&self.shared);
         if let Some(why) = &s.failed {
-            return Err(Error::Config(format!(
-                "the change stream stopped: {why}; run `migrate up --resume`, which catches up from the saved token or by passes"
-            )));
+            return Err(Error::Config(format!("the change stream stopped: {why}")));
         }
         s.seen.clear();
         Ok(Taken {
             ids: std::mem::take(&mut s.ids),
             token: s.token.clone(),
         })
+    }
+
+    /// Keeps, from cluster time `from` on, which documents the stream reports and when (the
+    /// first mark stands; a later one only narrows what [`Watcher::changed_since`] is asked).
+    pub fn mark(&self, from: Timestamp) {
+        let mut s = lock(&self.shared);
+        if s.marked.is_none() {
+            s.marked = Some(from);
+        }
+    }
+
+    /// The documents the stream has reported an event for at or after cluster time `t` (which
+    /// must not be before the first [`Watcher::mark`]), once every event up to now is read. An
+    /// event without a cluster time is not counted: nothing says it came after `t`.
+    pub async fn changed_since(
+        &self,
+        t: Timestamp,
+        now: Option<Timestamp>,
+    ) -> Result<HashSet<Vec<u8>>> {
+        self.drain(now).await?;
+        let s = lock(&self.shared);
+        if let Some(why) = &s.failed {
+            return Err(Error::Config(format!("the change stream stopped: {why}")));
+        }
+        Ok(s.latest
+            .iter()
+            .filter(|(_, at)| !earlier(**at, t))
+            .map(|(key, _)| key.clone())
+            .collect())
     }
 
     /// Whether the application wrote to the collection within `window`.
@@ -447,6 +491,11 @@ fn record(shared: &Mutex<Shared>, event: &Event, token: Option<ResumeToken>) {
     }
     if let Some(id) = event.document_key.as_ref().and_then(|k| k.get("_id")) {
         let key = key_of(id);
+        if let (Some(mark), Some(at)) = (s.marked, event.cluster_time) {
+            if !earlier(at, mark) {
+                s.latest.insert(key.clone(), at);
+            }
+        }
         if s.seen.insert(key) {
             s.ids.push(id.clone());
         }
@@ -454,6 +503,11 @@ fn record(shared: &Mutex<Shared>, event: &Event, token: Option<ResumeToken>) {
     if token.is_some() {
         s.token = token;
     }
+}
+
+/// Whether cluster time `a` comes before `b`.
+fn earlier(a: Timestamp, b: Timestamp) -> bool {
+    (a.time, a.increment) < (b.time, b.increment)
 }
 
 /// The bytes of an `_id`, for de-duplication (`Bson` is not `Hash`).
@@ -473,7 +527,17 @@ pub fn key_of(id: &Bson) -> Vec<u8> {
     out
 }
 
-async fn collect(mut stream: ChangeStream<Event>, shared: Arc<Mutex<Shared>>) {
+/// What reopens a stream that failed.
+struct Reopen {
+    coll: Collection<Document>,
+    pipeline: Vec<Document>,
+}
+
+/// How long a failed stream is reopened from its token before the run gives up on it: a server
+/// restart or a failover takes seconds to tens of seconds.
+const REOPEN_FOR: Duration = Duration::from_secs(60);
+
+async fn collect(mut stream: ChangeStream<Event>, shared: Arc<Mutex<Shared>>, reopen: Reopen) {
     let mut failures = 0u32;
     loop {
         match stream.next_if_any().await {
@@ -498,17 +562,82 @@ async fn collect(mut stream: ChangeStream<Event>, shared: Arc<Mutex<Shared>>) {
             }
             Err(e) => {
                 // The driver already resumed once on resumable errors; a few more tries cover a
-                // failover, then the run stops with its checkpoint (and the token) saved.
+                // brief outage. Then the stream is opened again after its token (a restarted
+                // server, a new primary), and only a stream that cannot be (its history is gone)
+                // is given up: the run then catches up by passes (see `pipeline`).
                 failures += 1;
-                if failures > 5 || !super::retry::is_transient(&e) {
-                    lock(&shared).failed = Some(short(&e));
-                    return;
+                if failures <= 3 && super::retry::is_transient(&e) {
+                    debug!(error = %e, "change stream error; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(failures))).await;
+                    continue;
                 }
-                debug!(error = %e, "change stream error; retrying");
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(failures))).await;
+                warn!(error = %short(&e), "the change stream failed; opening it again from its resume token");
+                match reopened(&reopen, &shared).await {
+                    Ok(again) => {
+                        failures = 0;
+                        stream = again;
+                        tracing::info!("change stream reopened from its resume token");
+                    }
+                    Err(why) => {
+                        lock(&shared).failed = Some(format!("{}; reopening it: {why}", short(&e)));
+                        return;
+                    }
+                }
             }
         }
     }
+}
+
+/// Opens the stream again after the token covering every id collected so far, retrying while
+/// the server cannot be reached, for up to [`REOPEN_FOR`]. Events after the token come again;
+/// ids already collected are not collected twice.
+async fn reopened(
+    reopen: &Reopen,
+    shared: &Mutex<Shared>,
+) -> std::result::Result<ChangeStream<Event>, String> {
+    let begun = Instant::now();
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let token = lock(shared).token.clone();
+        let Some(token) = token else {
+            return Err("no resume token was read yet".into());
+        };
+        match open_stream(&reopen.coll, reopen.pipeline.clone(), Some(token), None).await {
+            Ok((stream, first)) => {
+                if let Some(event) = first {
+                    record(shared, &event, stream.resume_token());
+                }
+                return Ok(stream);
+            }
+            Err(Unavailable(why)) if begun.elapsed() < REOPEN_FOR && unreachable(&why) => {
+                debug!(reason = %why, "the change stream cannot be opened yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(Unavailable(why)) => return Err(why),
+        }
+    }
+}
+
+/// Whether opening a stream failed for want of a server (rather than for a token the server
+/// refuses).
+fn unreachable(why: &str) -> bool {
+    let why = why.to_ascii_lowercase();
+    [
+        "connection",
+        "timed out",
+        "timeout",
+        "server selection",
+        "refused",
+        "reset",
+        "broken pipe",
+        "not primary",
+        "shutdown",
+        "shutting down",
+        "interrupted",
+    ]
+    .iter()
+    .any(|w| why.contains(w))
 }
 
 /// Waits up to [`IDLE_PAUSE`] before the next `getMore`, at once when a drain is waiting.

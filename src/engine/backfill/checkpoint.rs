@@ -42,6 +42,8 @@ pub struct Stats {
     pub moved_ids: Vec<Bson>,
     /// Of a whole run: the documents counted in `moved` by this process (not stored).
     pub moved_seen: std::collections::HashSet<Vec<u8>>,
+    /// The convergence point (cluster time, server wall time): when the final check began.
+    pub converged: Option<(mongodb::bson::Timestamp, mongodb::bson::DateTime)>,
     /// Documents caught up after the scan passed them (changed by the application meanwhile).
     pub catch_up: CatchUpStats,
 }
@@ -206,6 +208,9 @@ impl Stats {
         if !self.catch_up.mode.is_empty() {
             d.insert("caughtUp", self.catch_up.to_document());
         }
+        if let Some(point) = self.converged {
+            d.insert("convergedAt", super::converge::to_document(point));
+        }
         d
     }
 
@@ -229,6 +234,7 @@ impl Stats {
             moved_samples: d.get_array("movedSamples").cloned().unwrap_or_default(),
             moved_ids: Vec::new(),
             moved_seen: Default::default(),
+            converged: None,
             catch_up: d
                 .get_document("caughtUp")
                 .map(CatchUpStats::from_document)

@@ -5,15 +5,16 @@
 
 use super::before_image::strings;
 use super::checkpoint::Stats;
+use super::each::write_each;
 use super::retry::with_retry;
 use super::spec::{Backfill, Change, DocTransform};
 use super::write::{
-    already_applied, before_image, find_all, projection, statement, update_command, Planned,
+    already_applied, before_image, find_all, projection, refused, statement, Planned,
 };
 use crate::engine::error::Result;
 use crate::engine::migration::Stop;
 use futures::TryStreamExt;
-use mongodb::bson::{doc, Bson, Document};
+use mongodb::bson::{doc, Bson, DateTime, Document};
 use mongodb::Database;
 
 /// Databases whose before-images were indexed by document in this process.
@@ -69,8 +70,12 @@ pub(super) async fn recompute_with(
         let Some(id) = doc.get("_id").cloned() else {
             continue;
         };
-        let entry = match owner(&doc, entries.get(&super::catch_up::key_of(&id))) {
-            Owner::Nobody => continue,
+        let entry = match owner(
+            &doc,
+            entries.get(&super::catch_up::key_of(&id)),
+            spec.run.started(),
+        ) {
+            Owner::Nobody | Owner::InFlight => continue,
             Owner::Application => {
                 stats.note_moved(&id);
                 continue;
@@ -134,16 +139,20 @@ pub(super) async fn recompute_with(
     }
     let chunks = save_per_document(db, spec, migration, &planned, stop).await?;
     let statements: Vec<Document> = planned.iter().map(|p| statement(p, &spec.fields)).collect();
-    let result = update_command(db, &spec.collection, statements, stop).await?;
-    if !result.errors.is_empty() {
-        return Err(result.into_error(&spec.collection));
-    }
-    if result.matched < planned.len() as u64 {
-        settle(db, spec, migration, &chunks, stop).await?;
+    let result = write_each(db, spec, statements, stop).await?;
+    let missed = planned
+        .iter()
+        .zip(&result.matched)
+        .filter(|(_, matched)| !**matched)
+        .map(|(p, _)| before_image(p, &spec.owns))
+        .collect();
+    settle_after(db, spec, &chunks, missed, result.retried, stop).await?;
+    if let Some((index, message)) = result.errors.first() {
+        return Err(refused(spec, &planned[*index].id, message, migration));
     }
     stats.modified = result.modified;
     // A guard that failed: the application wrote it again, and its event brings it back.
-    stats.conflicts = (planned.len() as u64).saturating_sub(result.matched);
+    stats.conflicts = (planned.len() as u64).saturating_sub(result.matched_count());
     Ok(stats)
 }
 
@@ -157,20 +166,45 @@ pub(super) enum Owner<'a> {
     /// The migration wrote it, and a field it writes holds something else now: the application
     /// moved it (a withdrawal, a reset), and it is never written again.
     Application,
+    /// A write of this run is under way on it (its entry is saved, its outcome not yet known):
+    /// that write decides, and nothing else writes or counts the document meanwhile.
+    InFlight,
 }
 
 /// Decides [`Owner`] from a document (read with every owned field) and its entries, newest
-/// first. Only the newest counts: a write whose guard failed has its entry taken back (see
-/// [`settle`]), and one that did happen leaves the document the migration's only while the
+/// first (as [`entries_by_document`] gives them).
+///
+/// The newest settled entry decides: a write whose guard failed has its entry taken back (see
+/// [`settle_after`]), and one that did happen leaves the document the migration's only while the
 /// document still holds it. An older entry the document happens to hold again (a reset back to
 /// a value an earlier write left) is the application's doing.
-pub(super) fn owner<'a>(doc: &Document, entries: Option<&'a Vec<Document>>) -> Owner<'a> {
-    match entries.and_then(|es| es.first()) {
-        None => Owner::Nobody,
-        Some(newest) if holds(doc, newest) => Owner::Run(newest),
-        Some(_) => Owner::Application,
+///
+/// An entry saved before a write not known to have happened yet (`pending`) is this run's
+/// write under way when it was saved since `run_started`, and counts once the document holds
+/// it. One saved before that was left by a run that stopped between its write and settling it:
+/// it counts if the document holds it, and is passed over otherwise (the write did not happen,
+/// or the application changed the document since, which the entries before it then show).
+/// `run_started` is `None` where no write of the caller's run can be under way.
+pub(super) fn owner<'a>(
+    doc: &Document,
+    entries: Option<&'a Vec<Document>>,
+    run_started: Option<DateTime>,
+) -> Owner<'a> {
+    for e in entries.into_iter().flatten() {
+        let held = holds(doc, e);
+        match e.get_datetime(PENDING).ok() {
+            _ if held => return Owner::Run(e),
+            Some(at) if run_started.is_some_and(|s| *at >= s) => return Owner::InFlight,
+            Some(_) => continue,
+            None => return Owner::Application,
+        }
     }
+    Owner::Nobody
 }
+
+/// Marks, in a chunk, that its entries were saved before their writes and are not settled yet;
+/// in an entry read by [`entries_by_document`], since when.
+pub(super) const PENDING: &str = "pending";
 
 /// Whether `doc` holds what entry `e` wrote: every field of its `after`, type included, and
 /// none of its `removed`.
@@ -185,6 +219,149 @@ pub(super) fn chunks_naming(migration: &str, ids: &[Bson]) -> Document {
     doc! { "migration": migration, "entries._id": { "$in": ids.to_vec() } }
 }
 
+/// What of a chunk [`entries_in`] needs.
+pub(super) fn chunk_projection() -> Document {
+    doc! { "entries": 1, PENDING: 1, "createdAt": 1 }
+}
+
+/// In an entry read by [`entries_in`]: the `_id` and the time of the chunk holding it.
+const CHUNK: &str = "chunk";
+const SAVED_AT: &str = "savedAt";
+
+/// The entries of a chunk (read with [`chunk_projection`]), each with the chunk's `_id` and time
+/// ([`CHUNK`], [`SAVED_AT`]), and marked [`PENDING`] with that time while the chunk is not
+/// settled.
+pub(super) fn entries_in(chunk: &Document) -> impl Iterator<Item = Document> + '_ {
+    let at = chunk
+        .get_datetime("createdAt")
+        .ok()
+        .copied()
+        .unwrap_or(DateTime::MIN);
+    let pending = chunk.get_bool(PENDING).unwrap_or(false);
+    let id = chunk.get("_id").cloned().unwrap_or(Bson::Null);
+    chunk
+        .get_array("entries")
+        .into_iter()
+        .flatten()
+        .filter_map(Bson::as_document)
+        .map(move |e| {
+            let mut e = e.clone();
+            e.insert(CHUNK, id.clone());
+            e.insert(SAVED_AT, at);
+            if pending {
+                e.insert(PENDING, at);
+            }
+            e
+        })
+}
+
+/// Undoes the writes of this batch that another write of this run may have met half-way.
+///
+/// Outside a transaction a guard compares values, so it cannot see a document leave the values
+/// it was read with and come back to them: another write of this run (catch-up ahead of the
+/// scan, or the scan behind catch-up) writes it, then the application resets it to what it was
+/// (a balance back to 0), and this batch's guard, still matching, would write over the
+/// application. That other write saves its entry before it writes, after this batch looked at
+/// the entries (`checked`, on the server's clock). So the written documents named by an entry
+/// saved since then, in a chunk not this batch's, are put back exactly as this batch found them
+/// (guarded on what it wrote) and their entries taken back. Returns how many were put back.
+pub(super) async fn undo_met_halfway(
+    db: &Database,
+    spec: &Backfill,
+    migration: &str,
+    written: &[&Planned],
+    ours: &[Bson],
+    checked: DateTime,
+    stop: &Stop,
+) -> Result<u64> {
+    if written.is_empty() || !spec.before_images || !spec.run.may_own() {
+        return Ok(0);
+    }
+    // Another write's entry saved since the check: once settled, it says whether that write
+    // happened (a write that did not is taken back). Its outcome is waited for, briefly; one
+    // still unknown then counts as having happened, which at worst leaves a document unwritten
+    // for a later round rather than write over the application.
+    let others_since = |e: &Document| {
+        e.get_datetime(SAVED_AT).is_ok_and(|at| *at >= checked)
+            && e.get(CHUNK).is_some_and(|c| !ours.contains(c))
+    };
+    let mut ids: Vec<Bson> = written.iter().map(|p| p.id.clone()).collect();
+    let waited = std::time::Instant::now();
+    let entries = loop {
+        let entries = entries_of(db, migration, &ids, stop).await?;
+        let unsettled = entries
+            .values()
+            .flatten()
+            .any(|e| others_since(e) && e.contains_key(PENDING));
+        if !unsettled || waited.elapsed() > std::time::Duration::from_secs(2) {
+            break entries;
+        }
+        // Only the documents another write met can matter from here on.
+        ids.retain(|id| {
+            entries
+                .get(&super::catch_up::key_of(id))
+                .is_some_and(|es| es.iter().any(others_since))
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let met: Vec<&&Planned> = written
+        .iter()
+        .filter(|p| {
+            entries
+                .get(&super::catch_up::key_of(&p.id))
+                .is_some_and(|es| es.iter().any(others_since))
+        })
+        .collect();
+    if met.is_empty() {
+        return Ok(0);
+    }
+    let statements: Vec<Document> = met
+        .iter()
+        .map(|p| {
+            let entry = before_image(p, &spec.owns);
+            let mut q = doc! { "_id": p.id.clone() };
+            for (k, v) in entry.get_document("after").cloned().unwrap_or_default() {
+                q.insert(k, doc! { "$eq": v });
+            }
+            for k in strings(&entry, "removed") {
+                q.insert(k, doc! { "$exists": false });
+            }
+            let mut u = Document::new();
+            let before = entry.get_document("before").cloned().unwrap_or_default();
+            if !before.is_empty() {
+                u.insert("$set", before);
+            }
+            let absent = strings(&entry, "absent");
+            if !absent.is_empty() {
+                u.insert("$unset", crate::engine::bson_ext::unset(&absent));
+            }
+            doc! { "q": q, "u": u }
+        })
+        .collect();
+    let outcome = write_each(db, spec, statements, stop).await?;
+    let undone: Vec<Bson> = met
+        .iter()
+        .zip(&outcome.matched)
+        .filter(|(_, m)| **m)
+        .map(|(p, _)| p.id.clone())
+        .collect();
+    if !undone.is_empty() {
+        let images = db.collection::<Document>(super::BEFORE_IMAGES);
+        with_retry("taking back before-images of undone writes", stop, || {
+            images.update_many(
+                doc! { "_id": { "$in": ours.to_vec() } },
+                doc! { "$pull": { "entries": { "_id": { "$in": undone.clone() } } } },
+            )
+        })
+        .await?;
+        tracing::debug!(
+            documents = undone.len(),
+            "put back documents another write of this run met half-way"
+        );
+    }
+    Ok(undone.len() as u64)
+}
+
 /// The entries of `chunks` (newest first) for `ids`, by document, newest first.
 pub(super) fn entries_by_document(
     chunks: Vec<Document>,
@@ -193,15 +370,10 @@ pub(super) fn entries_by_document(
     let wanted: std::collections::HashSet<Vec<u8>> =
         ids.iter().map(super::catch_up::key_of).collect();
     let mut entries: std::collections::HashMap<Vec<u8>, Vec<Document>> = Default::default();
-    for e in chunks
-        .iter()
-        .filter_map(|c| c.get_array("entries").ok())
-        .flatten()
-        .filter_map(Bson::as_document)
-    {
+    for e in chunks.iter().flat_map(entries_in) {
         if let Some(key) = e.get("_id").map(super::catch_up::key_of) {
             if wanted.contains(&key) {
-                entries.entry(key).or_default().push(e.clone());
+                entries.entry(key).or_default().push(e);
             }
         }
     }
@@ -224,7 +396,7 @@ pub(super) async fn entries_of(
         images
             .find(filter.clone())
             .sort(super::before_image::NEWEST_FIRST.clone())
-            .projection(doc! { "entries": 1 })
+            .projection(chunk_projection())
             .await?
             .try_collect()
             .await
@@ -249,11 +421,13 @@ pub(super) async fn without_moved(
     ensure_image_indexes(db, stop).await?;
     let ids: Vec<Bson> = planned.iter().map(|p| p.id.clone()).collect();
     let entries = entries_of(db, migration, &ids, stop).await?;
-    Ok(keep_owned(planned, &entries, stats))
+    Ok(keep_owned(spec, planned, &entries, stats))
 }
 
-/// The planned writes whose documents are not the application's.
+/// The planned writes whose documents are neither the application's nor being written by
+/// another write of this run.
 pub(super) fn keep_owned(
+    spec: &Backfill,
     planned: Vec<Planned>,
     entries: &std::collections::HashMap<Vec<u8>, Vec<Document>>,
     stats: &mut Stats,
@@ -262,11 +436,12 @@ pub(super) fn keep_owned(
         .into_iter()
         .filter(|p| {
             let key = super::catch_up::key_of(&p.id);
-            match owner(&p.before, entries.get(&key)) {
+            match owner(&p.before, entries.get(&key), spec.run.started()) {
                 Owner::Application => {
                     stats.note_moved(&p.id);
                     false
                 }
+                Owner::InFlight => false,
                 Owner::Nobody | Owner::Run(_) => true,
             }
         })
@@ -295,6 +470,7 @@ pub(super) async fn save_per_document(
                 "collection": &spec.collection,
                 "createdAt": now,
                 "doc": p.id.clone(),
+                PENDING: true,
                 "entries": [Bson::Document(before_image(p, &spec.owns))],
             }
         })
@@ -307,105 +483,87 @@ pub(super) async fn save_per_document(
     Ok(inserted.inserted_ids.into_values().collect())
 }
 
-/// Takes back the entries of writes that did not happen. A non-transactional batch saves its
-/// entries before it writes, guarded; a guard that failed (the application wrote the document
-/// in between) leaves an entry claiming a value the document never held, and since the newest
-/// entry decides who owns a document (see [`owner`]), that claim would make the migration
-/// disown a document it still owns, leaving it behind its inputs. So after guarded statements
-/// that matched fewer documents than planned, the documents are read back, and every entry of
-/// `chunks` that its document does not hold, and that is still the newest entry of that
-/// document, is pulled (a chunk left empty is deleted).
+/// Settles the chunks a non-transactional write saved before it wrote: takes back the entries of
+/// the guarded statements that did not happen (`missed`: the entries, as saved, of those whose
+/// filter matched nothing), then marks the chunks settled, so [`owner`] goes by them.
 ///
-/// - An entry a newer one follows stays: the newer one decides who owns the document, and if
-///   this write did happen, `down` needs it to chain back to the value before it.
-/// - A write that happened and that the application undid at once is pulled as if it had not
-///   happened: the document is the application's either way, and `down` leaves it either way.
-pub(super) async fn settle(
+/// A statement that matched nothing did not write, unless an earlier attempt of it did and its
+/// reply was lost (`retried`: the retry then finds its own write and no match): after a retry, a
+/// document holding what its entry wrote keeps the entry.
+pub(super) async fn settle_after(
     db: &Database,
     spec: &Backfill,
-    migration: &str,
     chunks: &[Bson],
+    missed: Vec<Document>,
+    retried: bool,
     stop: &Stop,
 ) -> Result<()> {
     if chunks.is_empty() {
         return Ok(());
     }
     let images = db.collection::<Document>(super::BEFORE_IMAGES);
-    let saved: Vec<Document> = with_retry("reading before-images", stop, || async {
-        images
-            .find(doc! { "_id": { "$in": chunks.to_vec() } })
-            .projection(doc! { "entries": 1 })
-            .await?
-            .try_collect()
-            .await
+    if !missed.is_empty() {
+        let ids: Vec<Bson> = missed
+            .iter()
+            .filter_map(|e| e.get("_id").cloned())
+            .collect();
+        let coll = db.collection::<Document>(&spec.collection);
+        let current = find_all(
+            &coll,
+            doc! { "_id": { "$in": ids } },
+            &projection(&spec.fields),
+            "reading back a written batch",
+            stop,
+        )
+        .await?;
+        let by_id: std::collections::HashMap<Vec<u8>, &Document> = current
+            .iter()
+            .filter_map(|d| d.get("_id").map(|id| (super::catch_up::key_of(id), d)))
+            .collect();
+        let unwritten: Vec<Bson> = missed
+            .iter()
+            .filter(|e| {
+                e.get("_id").is_some_and(|id| {
+                    // Holding it proves nothing without a retry: another write of this run may
+                    // have left the same values.
+                    !retried
+                        || by_id
+                            .get(&super::catch_up::key_of(id))
+                            .is_none_or(|d| !holds(d, e))
+                })
+            })
+            .filter_map(|e| e.get("_id").cloned())
+            .collect();
+        if !unwritten.is_empty() {
+            // Each chunk names a document at most once, so pulling by `_id` within these chunks
+            // takes back exactly these writes' entries, never an older write's.
+            let what = "taking back before-images of writes that did not happen";
+            with_retry(what, stop, || {
+                images.update_many(
+                    doc! { "_id": { "$in": chunks.to_vec() } },
+                    doc! { "$pull": { "entries": { "_id": { "$in": unwritten.clone() } } } },
+                )
+            })
+            .await?;
+            with_retry(what, stop, || {
+                images.delete_many(
+                    doc! { "_id": { "$in": chunks.to_vec() }, "entries": { "$size": 0 } },
+                )
+            })
+            .await?;
+            tracing::debug!(
+                entries = unwritten.len(),
+                "took back the before-images of writes whose guard failed"
+            );
+        }
+    }
+    with_retry("settling before-images", stop, || {
+        images.update_many(
+            doc! { "_id": { "$in": chunks.to_vec() } },
+            doc! { "$unset": { PENDING: "" } },
+        )
     })
     .await?;
-    let entries: Vec<&Document> = saved
-        .iter()
-        .filter_map(|c| c.get_array("entries").ok())
-        .flatten()
-        .filter_map(Bson::as_document)
-        .collect();
-    let ids: Vec<Bson> = entries
-        .iter()
-        .filter_map(|e| e.get("_id").cloned())
-        .collect();
-    let coll = db.collection::<Document>(&spec.collection);
-    let current = find_all(
-        &coll,
-        doc! { "_id": { "$in": ids.clone() } },
-        &projection(&spec.fields),
-        "reading back a written batch",
-        stop,
-    )
-    .await?;
-    let by_id: std::collections::HashMap<Vec<u8>, &Document> = current
-        .iter()
-        .filter_map(|d| d.get("_id").map(|id| (super::catch_up::key_of(id), d)))
-        .collect();
-    // Read after the documents: a later write of this migration that moved a document on saved
-    // its entry before it wrote, so it is among these.
-    let newest = entries_of(db, migration, &ids, stop).await?;
-    let unwritten: Vec<Bson> = entries
-        .iter()
-        .filter(|e| {
-            e.get("_id").is_some_and(|id| {
-                let key = super::catch_up::key_of(id);
-                by_id.get(&key).is_some_and(|d| !holds(d, e))
-                    && newest.get(&key).and_then(|es| es.first()) == Some(*e)
-            })
-        })
-        .filter_map(|e| e.get("_id").cloned())
-        .collect();
-    if unwritten.is_empty() {
-        return Ok(());
-    }
-    // Each chunk names a document at most once, so pulling by `_id` within these chunks takes
-    // back exactly this batch's entries, never an older write's.
-    with_retry(
-        "taking back before-images of writes that did not happen",
-        stop,
-        || {
-            images.update_many(
-                doc! { "_id": { "$in": chunks.to_vec() } },
-                doc! { "$pull": { "entries": { "_id": { "$in": unwritten.clone() } } } },
-            )
-        },
-    )
-    .await?;
-    with_retry(
-        "taking back before-images of writes that did not happen",
-        stop,
-        || {
-            images
-                .delete_many(doc! { "_id": { "$in": chunks.to_vec() }, "entries": { "$size": 0 } })
-        },
-    )
-    .await?;
-    tracing::debug!(
-        entries = unwritten.len(),
-        "took back the before-images of writes whose guard failed"
-    );
     Ok(())
 }
 
@@ -474,7 +632,7 @@ pub async fn not_moved(
                 .get("_id")
                 .map(super::catch_up::key_of)
                 .unwrap_or_default();
-            !matches!(owner(d, entries.get(&key)), Owner::Application)
+            !matches!(owner(d, entries.get(&key), None), Owner::Application)
         })
         .collect())
 }
@@ -528,17 +686,20 @@ mod tests {
         );
         let entries = vec![e];
         let doc = doc! { "_id": 1, "earnings": 99, "balance": 5.0, "pending": 0, "withdrawn": 0 };
-        assert!(matches!(owner(&doc, Some(&entries)), Owner::Run(_)));
+        assert!(matches!(owner(&doc, Some(&entries), None), Owner::Run(_)));
         // A withdrawal started: the balance is still what the run wrote, the document is not.
         let moved = doc! { "_id": 1, "balance": 5.0, "pending": 25, "withdrawn": 0 };
-        assert!(matches!(owner(&moved, Some(&entries)), Owner::Application));
+        assert!(matches!(
+            owner(&moved, Some(&entries), None),
+            Owner::Application
+        ));
         // Same number, another type: the application wrote it.
         let retyped = doc! { "_id": 1, "balance": 5, "pending": 0, "withdrawn": 0 };
         assert!(matches!(
-            owner(&retyped, Some(&entries)),
+            owner(&retyped, Some(&entries), None),
             Owner::Application
         ));
-        assert!(matches!(owner(&doc, None), Owner::Nobody));
+        assert!(matches!(owner(&doc, None, None), Owner::Nobody));
     }
 
     #[test]
@@ -551,7 +712,46 @@ mod tests {
         let second = written(after_first.clone(), doc! { "balance": 7.5 });
         let newest_first = vec![second, first];
         assert!(matches!(
-            owner(&after_first, Some(&newest_first)),
+            owner(&after_first, Some(&newest_first), None),
+            Owner::Application
+        ));
+    }
+
+    #[test]
+    fn a_write_under_way_decides_once_it_lands_and_one_left_by_a_stopped_run_counts_only_if_held() {
+        use super::PENDING;
+        use mongodb::bson::DateTime;
+        let zeros = doc! { "_id": 1, "balance": 0, "pending": 0, "withdrawn": 0 };
+        let settled = written(zeros.clone(), doc! { "balance": 5.0 });
+        let mut after_settled = zeros.clone();
+        after_settled.insert("balance", 5.0);
+        let mut under_way = written(after_settled.clone(), doc! { "balance": 9.0 });
+        let run_started = DateTime::from_millis(1_000_000);
+        under_way.insert(PENDING, DateTime::from_millis(1_000_500));
+        let entries = vec![under_way.clone(), settled.clone()];
+        // Not written yet: nobody else touches or counts it.
+        assert!(matches!(
+            owner(&after_settled, Some(&entries), Some(run_started)),
+            Owner::InFlight
+        ));
+        // Written: the run's.
+        let mut after_write = zeros.clone();
+        after_write.insert("balance", 9.0);
+        assert!(matches!(
+            owner(&after_write, Some(&entries), Some(run_started)),
+            Owner::Run(e) if e == &under_way
+        ));
+        // Left by a run that stopped before settling it, and never written: the entry before
+        // it decides.
+        assert!(matches!(
+            owner(&after_settled, Some(&entries), Some(DateTime::from_millis(2_000_000))),
+            Owner::Run(e) if e == &settled
+        ));
+        // ... and with the application's value, the document is the application's.
+        let mut moved = after_settled.clone();
+        moved.insert("pending", 25);
+        assert!(matches!(
+            owner(&moved, Some(&entries), None),
             Owner::Application
         ));
     }

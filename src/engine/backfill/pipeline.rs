@@ -65,6 +65,7 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
     let coll = ctx.db().collection::<Document>(&spec.collection);
     if spec.before_images && !dry_run {
         super::before_image::align_clock(ctx.db()).await;
+        spec.run.start(super::before_image::chunk_time());
         // Entries left by an earlier attempt (failed, interrupted, or rolled back part-way) mean
         // the documents ahead may be this migration's already, or the application's since.
         let images = ctx.db().collection::<Document>(super::BEFORE_IMAGES);
@@ -76,6 +77,12 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
         .await?;
         if earlier.is_some() {
             spec.run.owning_some();
+            // Only a stream resumed from the earlier attempt's token reports what changed since.
+            if saved_token.is_none() {
+                spec.run
+                    .revisit_owned
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
         }
     }
     // Read before anything else: the change stream reports every write after it, and batch
@@ -173,6 +180,7 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
     let mut inflight = FuturesOrdered::new();
     let mut failure: Option<Error> = None;
     let mut last_take = Instant::now();
+    let mut catching_up = false;
 
     loop {
         while failure.is_none()
@@ -180,21 +188,27 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
             && inflight.len() < options.concurrency.max(1)
             && !ctx.stop().is_stopped()
         {
-            if let Some(why) = watcher.as_ref().and_then(Watcher::unusable) {
+            if let Some(why) = watcher.as_ref().and_then(|w| {
+                (w.unusable().map(|why| (LOST_TOKEN, why)))
+                    .or(w.failed().map(|why| (LOST_STREAM, why)))
+            }) {
                 lost_stream(
                     ctx,
-                    &why,
+                    why,
                     &mut stats,
                     &mut watcher,
                     &mut token,
                     &mut stream_complete,
                 );
             }
+            // One catch-up at a time: two writing the same document at once would each see the
+            // other's write under way, and the ids taken in between pile up into one batch.
             if let Some(w) = watcher
                 .as_ref()
-                .filter(|_| last_take.elapsed() >= CATCH_UP_EVERY)
+                .filter(|_| !catching_up && last_take.elapsed() >= CATCH_UP_EVERY)
             {
                 last_take = Instant::now();
+                catching_up = true;
                 match w.take() {
                     Ok(taken) => {
                         // Documents ahead of the scan are caught up too: the scan's cursor may
@@ -205,8 +219,16 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
                         continue;
                     }
                     Err(e) => {
-                        failure = Some(e);
-                        break;
+                        catching_up = false;
+                        lost_stream(
+                            ctx,
+                            (LOST_STREAM, e.to_string()),
+                            &mut stats,
+                            &mut watcher,
+                            &mut token,
+                            &mut stream_complete,
+                        );
+                        continue;
                     }
                 }
             }
@@ -278,6 +300,7 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
                 governor.batch_done(ctx, docs, took);
             }
             Done::CatchUp(covered, batch_stats) => {
+                catching_up = false;
                 stats.absorb_catch_up(batch_stats);
                 token = covered.or(token);
             }
@@ -308,13 +331,16 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
         return Err(ctx.stop().error());
     }
     let unusable = match &watcher {
-        Some(w) => w.opened().await.err(),
+        Some(w) => match w.opened().await {
+            Err(Unavailable(why)) => Some((LOST_TOKEN, why)),
+            Ok(()) => w.failed().map(|why| (LOST_STREAM, why)),
+        },
         None => None,
     };
-    if let Some(Unavailable(why)) = unusable {
+    if let Some(why) = unusable {
         lost_stream(
             ctx,
-            &why,
+            why,
             &mut stats,
             &mut watcher,
             &mut token,
@@ -349,6 +375,14 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
             return Err(ctx.stop().error());
         }
         result?;
+        if let Some((cluster_time, wall_time)) = stats.converged {
+            // The stream goes on reading for the post-condition, which is judged as of then.
+            ctx.set_convergence(super::converge::Convergence {
+                cluster_time,
+                wall_time,
+                watcher: watcher.take(),
+            });
+        }
         info!(
             migration = ctx.name(),
             mode = %stats.catch_up.mode,
@@ -416,23 +450,29 @@ async fn open_watcher(
     }
 }
 
-/// A stream resumed in the background could not use the saved token (it has left the oplog):
-/// catch-up goes by passes over the candidates after the scan, as when the stream cannot be
-/// opened at all, and checkpoints from now on carry no token and do not count on the stream
-/// (`run`'s watcher, token and stream-complete flag).
+/// The stream cannot be used any more: a stream resumed in the background could not use the
+/// saved token (it has left the oplog), or a running stream failed and could not be opened again
+/// from its token (a restarted server that kept no history). Catch-up goes by passes over the
+/// candidates and the documents written after the scan, as when the stream cannot be opened at
+/// all, and checkpoints from now on carry no token and do not count on the stream (`run`'s
+/// watcher, token and stream-complete flag). The run goes on: losing the stream costs passes,
+/// never the migration.
 fn lost_stream(
     ctx: &Context,
-    why: &str,
+    (message, why): (&str, String),
     stats: &mut Stats,
     watcher: &mut Option<Watcher>,
     token: &mut Option<Bson>,
     stream_complete: &mut bool,
 ) {
-    warn!(migration = ctx.name(), reason = %why, "the saved resume token cannot be used; catching up by passes over the candidates after the scan");
+    warn!(migration = ctx.name(), reason = %why, "{message}");
     stats.catch_up.mode = PASSES.into();
     (*watcher, *token, *stream_complete) = (None, None, false);
 }
 
+const LOST_TOKEN: &str =
+    "the saved resume token cannot be used; catching up by passes over the candidates after the scan";
+pub(super) const LOST_STREAM: &str = "the change stream stopped and could not be opened again from its token; catching up by passes over the candidates and the written documents after the scan";
 const STREAM: &str = "change stream";
 const PASSES: &str = "passes";
 

@@ -136,19 +136,39 @@ pub async fn rounds(
 ) -> Result<()> {
     // Every candidate a round finds may be one the scan wrote and the application reset since.
     spec.run.owning_some();
-    let complete = watcher.is_some_and(|(_, complete)| complete);
-    let watcher = watcher.map(|(w, _)| w);
+    let mut complete = watcher.is_some_and(|(_, complete)| complete);
+    let mut watcher = watcher.map(|(w, _)| w);
     let mut trust_stream = complete;
     for round in 1..=MAX_ROUNDS {
         if !trust_stream {
             stats.catch_up.rounds += 1;
         }
+        // The check about to begin may be the final one: its start is the convergence point.
+        stats.converged = super::converge::mark(ctx, watcher)
+            .await
+            .or(stats.converged);
         let mut found = left_over(ctx, spec, catch_up, stats).await?;
-        if watcher.is_none() {
-            // Without a stream nothing says which written documents the application changed
-            // since: every one is looked at again.
+        let revisit = round == 1
+            && spec
+                .run
+                .revisit_owned
+                .load(std::sync::atomic::Ordering::Acquire);
+        if watcher.is_none() || revisit {
+            // Without a stream (or, once, for what an earlier attempt wrote before this run's
+            // stream began) nothing says which written documents the application changed since:
+            // every one is looked at again.
             let rewritten = owned_pass(ctx, spec, stats).await?;
-            found.extend(rewritten);
+            if revisit && !rewritten.is_empty() {
+                info!(
+                    migration = ctx.name(),
+                    rewritten = rewritten.len(),
+                    "documents an earlier attempt wrote were recomputed: their inputs changed since"
+                );
+            }
+            if watcher.is_none() {
+                // Another round must look: nothing else reports what changes them next.
+                found.extend(rewritten);
+            }
         }
         if !found.is_empty() {
             info!(
@@ -162,11 +182,22 @@ pub async fn rounds(
         // (a document the run wrote, whose inputs changed, is no candidate the check can find),
         // and tells which of the documents found were changed meanwhile.
         let mut explained = found.is_empty();
-        if let Some(watcher) = watcher {
-            let drained = watcher
-                .drain(super::catch_up::cluster_time(ctx.db()).await)
-                .await?;
-            let taken = watcher.take()?;
+        // A stream that stopped for good (a restarted server that kept no history): the rounds
+        // go on by passes, which also look at every written document.
+        let read = match watcher {
+            Some(w) => match drained_and_taken(ctx, w).await {
+                Ok(read) => Some((w, read)),
+                Err(why) => {
+                    warn!(migration = ctx.name(), reason = %why, "{}", super::pipeline::LOST_STREAM);
+                    stats.catch_up.mode = "passes".into();
+                    (watcher, token, complete, trust_stream) = (None, None, false, false);
+                    save(ctx, done, stats, None, false).await?;
+                    continue;
+                }
+            },
+            None => None,
+        };
+        if let Some((watcher, (drained, taken))) = read {
             let changed: HashSet<Vec<u8>> = taken.ids.iter().map(key_of).collect();
             let unreported = found
                 .iter()
@@ -232,6 +263,18 @@ pub async fn rounds(
         }
     }
     Ok(())
+}
+
+/// Drains the stream up to the current cluster time and takes what it reported; the reason
+/// when the stream has stopped for good.
+async fn drained_and_taken(
+    ctx: &Context,
+    watcher: &Watcher,
+) -> std::result::Result<(bool, super::catch_up::Taken), String> {
+    let until = super::catch_up::cluster_time(ctx.db()).await;
+    let drained = watcher.drain(until).await.map_err(|e| e.to_string())?;
+    let taken = watcher.take().map_err(|e| e.to_string())?;
+    Ok((drained, taken))
 }
 
 /// One round over the candidates: writes those that still need the change, and returns their
@@ -333,11 +376,13 @@ async fn owned_pass(ctx: &Context, spec: &Backfill, stats: &mut Stats) -> Result
             }
         }
         if pending.len() >= batch || (end && !pending.is_empty()) {
-            let entries = std::mem::take(&mut pending);
-            let ids: Vec<Bson> = entries
-                .values()
+            let ids: Vec<Bson> = std::mem::take(&mut pending)
+                .into_values()
                 .filter_map(|e| e.first()?.get("_id").cloned())
                 .collect();
+            // Every entry of these documents: the newest may be a write not settled, and then
+            // the one before it decides (see `owner`).
+            let entries = super::owned::entries_of(ctx.db(), ctx.name(), &ids, ctx.stop()).await?;
             let current = find_all(
                 &coll,
                 doc! { "_id": { "$in": ids.clone() } },

@@ -123,11 +123,30 @@ pub(super) struct RunState {
     /// the migration's entries before writing. A fresh scan over documents nothing wrote yet
     /// skips that read.
     pub(super) may_own: std::sync::atomic::AtomicBool,
+    /// When the run began, on the server's clock (milliseconds; 0 before): entries saved since,
+    /// and not settled yet, are its writes under way.
+    pub(super) started_ms: std::sync::atomic::AtomicI64,
+    /// Whether documents an earlier attempt wrote must be looked at again after the scan: their
+    /// inputs may have changed while no stream of this run was reading (a re-run after a
+    /// failure, a resume whose token could not be used).
+    pub(super) revisit_owned: std::sync::atomic::AtomicBool,
+    /// Whether the deployment answers `bulkWrite` (0: not known yet, 1: yes, 2: no).
+    pub(super) bulk_write: std::sync::atomic::AtomicU8,
 }
 
 impl RunState {
     pub(super) fn may_own(&self) -> bool {
         self.may_own.load(std::sync::atomic::Ordering::Acquire)
+    }
+    pub(super) fn started(&self) -> Option<mongodb::bson::DateTime> {
+        match self.started_ms.load(std::sync::atomic::Ordering::Acquire) {
+            0 => None,
+            ms => Some(mongodb::bson::DateTime::from_millis(ms)),
+        }
+    }
+    pub(super) fn start(&self, at: mongodb::bson::DateTime) {
+        self.started_ms
+            .store(at.timestamp_millis(), std::sync::atomic::Ordering::Release);
     }
     pub(super) fn owning_some(&self) {
         self.may_own

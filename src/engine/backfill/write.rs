@@ -8,6 +8,7 @@
 //! the run owns is `owned.rs`.
 
 use super::checkpoint::{int, Stats};
+use super::each::write_each;
 use super::owned::{save_per_document, without_moved};
 use super::readback::{record_what_was_written, FastWrite};
 use super::retry::with_retry;
@@ -228,6 +229,18 @@ pub(super) fn statement(p: &Planned, fields: &[String]) -> Document {
     doc! { "q": guard, "u": update }
 }
 
+/// The server refused the write of one document: the error names it.
+pub(super) fn refused(spec: &Backfill, id: &Bson, message: &str, migration: &str) -> Error {
+    Error::migration(
+        migration,
+        format!(
+            "the server refused the write of {} {}: {message}",
+            spec.collection,
+            Bson::Document(doc! { "_id": id.clone() }).into_relaxed_extjson()
+        ),
+    )
+}
+
 /// The refusal of a batch holding invalid data under `--fail-on-invalid`.
 pub(super) fn invalid_refusal(spec: &Backfill, migration: &str, stats: &Stats) -> Error {
     Error::migration(
@@ -262,6 +275,8 @@ pub async fn client_batch(
     if fail_on_invalid && stats.invalid > 0 {
         return Err(invalid_refusal(spec, migration, &stats));
     }
+    // When the entries were last looked at (see `undo_met_halfway`).
+    let mut checked = super::before_image::chunk_time();
     if !dry_run {
         planned = without_moved(db, spec, migration, planned, &mut stats, stop).await?;
     }
@@ -315,6 +330,7 @@ pub async fn client_batch(
                 "migration": migration,
                 "collection": &spec.collection,
                 "createdAt": super::before_image::chunk_time(),
+                super::owned::PENDING: true,
                 "entries": entries.clone(),
             };
             let images = db.collection::<Document>(super::BEFORE_IMAGES);
@@ -326,49 +342,76 @@ pub async fn client_batch(
             saved.push(id.clone());
             chunk = Some((id, entries));
         }
-        let (statements, fast) = statements(spec, &planned, use_fast_path);
-        let fast_index = fast.as_ref().map(|_| statements.len() - 1);
-        let result = update_command(db, &spec.collection, statements, stop).await?;
-        stats.modified += result.modified;
-        let fast_failed = !result.errors.is_empty();
-        if let (Some(fast), Some((chunk_id, entries))) = (&fast, chunk.take()) {
-            if !fast_failed {
+        let (guarded, fast) = statements(spec, &planned, use_fast_path);
+        let (mut matched, mut fast_failed, mut retried) = (0u64, false, false);
+        // Entries of the writes that may not have happened, for `settle_after` to check.
+        let mut missed: Vec<Document> = Vec::new();
+        if let Some((fast, statement)) = &fast {
+            let result =
+                update_command(db, &spec.collection, vec![statement.clone()], stop).await?;
+            (matched, fast_failed) = (result.matched, !result.errors.is_empty());
+            // A failed server-side update may have written part of its documents.
+            retried = fast_failed;
+            stats.modified += result.modified;
+            if let Some((_, message)) = result.errors.first() {
+                // The server could not compute some document (e.g. a value outside its exact
+                // range): the documents it did not write go one by one in the next round.
+                tracing::warn!(
+                    collection = %spec.collection,
+                    error = %message,
+                    "the server-side update of a batch failed; writing its documents one by one"
+                );
+                use_fast_path = false;
+                missed.extend(
+                    planned
+                        .iter()
+                        .filter(|p| fast.ids.contains(&p.id))
+                        .map(|p| before_image(p, &spec.owns)),
+                );
+            } else if let Some((chunk_id, entries)) = chunk.take() {
                 record_what_was_written(
                     db, spec, transform, &planned, fast, chunk_id, entries, stop,
                 )
                 .await?;
             }
         }
-        if fast_failed || result.matched < planned.len() as u64 {
-            super::owned::settle(db, spec, migration, &saved, stop).await?;
-        }
-        if let Some((index, message)) = result.errors.iter().find(|(i, _)| Some(*i) != fast_index) {
-            let id = planned
+        let each = write_each(
+            db,
+            spec,
+            guarded.iter().map(|(_, s)| s.clone()).collect(),
+            stop,
+        )
+        .await?;
+        matched += each.matched_count();
+        stats.modified += each.modified;
+        missed.extend(
+            guarded
                 .iter()
-                .filter(|p| !fast.as_ref().is_some_and(|f| f.ids.contains(&p.id)))
-                .nth(*index)
-                .map(|p| p.id.clone())
-                .unwrap_or(Bson::Null);
-            return Err(Error::migration(
+                .zip(&each.matched)
+                .filter(|(_, matched)| !**matched)
+                .map(|((i, _), _)| before_image(&planned[*i], &spec.owns)),
+        );
+        let wrote: Vec<&Planned> = {
+            let missed_ids: Vec<&Bson> = missed.iter().filter_map(|e| e.get("_id")).collect();
+            planned
+                .iter()
+                .filter(|p| !missed_ids.contains(&&p.id))
+                .collect()
+        };
+        super::owned::settle_after(db, spec, &saved, missed, retried || each.retried, stop).await?;
+        if let Some((index, message)) = each.errors.first() {
+            return Err(refused(
+                spec,
+                &planned[guarded[*index].0].id,
+                message,
                 migration,
-                format!(
-                    "the server refused the write of {} {}: {message}",
-                    spec.collection,
-                    Bson::Document(doc! { "_id": id }).into_relaxed_extjson()
-                ),
             ));
         }
-        if fast_failed {
-            // The server could not compute some document (e.g. a value outside its exact range):
-            // the documents it did not write go one by one in the next round.
-            tracing::warn!(
-                collection = %spec.collection,
-                error = %result.errors[0].1,
-                "the server-side update of a batch failed; writing its documents one by one"
-            );
-            use_fast_path = false;
-        }
-        if !fast_failed && result.matched == planned.len() as u64 {
+        let undone =
+            super::owned::undo_met_halfway(db, spec, migration, &wrote, &saved, checked, stop)
+                .await?;
+        stats.modified = stats.modified.saturating_sub(undone);
+        if !fast_failed && matched == planned.len() as u64 {
             break;
         }
         // Some guards failed: someone wrote those documents since we read them. Re-read the
@@ -383,7 +426,7 @@ pub async fn client_batch(
             stop,
         )
         .await?;
-        let gone = planned.len() as u64 - result.matched.min(planned.len() as u64);
+        let gone = planned.len() as u64 - matched.min(planned.len() as u64);
         // Those no longer candidates but holding exactly what we would write were written by an
         // earlier run of this migration, killed with batches in flight that the server still
         // completed after this run read them: this migration's change, which no run has counted.
@@ -396,10 +439,11 @@ pub async fn client_batch(
             .filter(|p| !still.contains(&super::catch_up::key_of(&p.id)))
             .collect();
         let ours = holding_ours(&coll, &left, stop).await?;
-        let written_before = ours.saturating_sub(result.matched).min(gone);
+        let written_before = ours.saturating_sub(matched).min(gone);
         stats.modified += written_before;
         let mut again = Stats::default();
         planned = plan(transform, reread, &mut again).await;
+        checked = super::before_image::chunk_time();
         planned = without_moved(db, spec, migration, planned, &mut again, stop).await?;
         stats.absorb_moved_of(&again);
         // Written by us in this round: counted in `modified`, not again.
@@ -443,21 +487,25 @@ async fn holding_ours(
         .count() as u64)
 }
 
-/// The batch's statements: one server-side update for the documents the fast path computes
-/// exactly (first round only), one guarded statement per other document.
+/// A guarded statement, with the index in `planned` of the document it writes.
+type Guarded = (usize, Document);
+
+/// The batch's statements: one guarded statement per document (with its index in `planned`),
+/// and one server-side update for the documents the fast path computes exactly (first round
+/// only).
 fn statements(
     spec: &Backfill,
     planned: &[Planned],
     use_fast_path: bool,
-) -> (Vec<Document>, Option<FastWrite>) {
-    let mut out = Vec::new();
+) -> (Vec<Guarded>, Option<(FastWrite, Document)>) {
+    let mut guarded = Vec::new();
     let mut fast_ids = Vec::new();
-    for p in planned {
+    for (i, p) in planned.iter().enumerate() {
         match &spec.fast_path {
             Some(fast) if use_fast_path && (fast.exact_for)(&p.before) => {
                 fast_ids.push(p.id.clone())
             }
-            _ => out.push(statement(p, &spec.fields)),
+            _ => guarded.push((i, statement(p, &spec.fields))),
         }
     }
     if let (Some(fast), false) = (&spec.fast_path, fast_ids.is_empty()) {
@@ -466,10 +514,10 @@ fn statements(
             spec.filter.clone(),
             fast.guard.clone(),
         ]);
-        out.push(doc! { "q": q, "u": fast.pipeline.clone(), "multi": true });
-        return (out, Some(FastWrite { ids: fast_ids }));
+        let statement = doc! { "q": q, "u": fast.pipeline.clone(), "multi": true };
+        return (guarded, Some((FastWrite { ids: fast_ids }, statement)));
     }
-    (out, None)
+    (guarded, None)
 }
 
 /// `{_id: 1, f: 1, ...}`.

@@ -175,18 +175,47 @@ impl Writer {
     }
 }
 
-/// `migrate up` to completion: its time and 003's counters.
-async fn up(t: &TestDb) -> (Duration, Document) {
+/// How long one run may take before it is stopped and reported as not finished.
+const RUN_LIMIT: Duration = Duration::from_secs(600);
+
+/// `migrate up` to completion, or stopped (`migrate pause`) after [`RUN_LIMIT`]: its time, 003's
+/// counters, and, when it did not finish, the share of users it had scanned.
+async fn up(t: &TestDb) -> (Duration, Document, Option<f64>) {
     let started = Instant::now();
-    let out = common::migrate(t, &["up", "--no-progress"]).await;
+    let mut child = t
+        .migrate_cmd(&["up", "--no-progress"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut unfinished = None;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(
+                status.success() || unfinished.is_some(),
+                "migrate up failed"
+            );
+            break;
+        }
+        if unfinished.is_none() && started.elapsed() > RUN_LIMIT {
+            let record = t.record(M003).await.unwrap_or_default();
+            let progress = record.get_document("progress").ok();
+            let scanned = progress
+                .and_then(|p| p.get_i64("scanned").ok())
+                .unwrap_or(0);
+            let total = progress.and_then(|p| p.get_i64("total").ok()).unwrap_or(1);
+            unfinished = Some(scanned as f64 / total.max(1) as f64);
+            let _ = common::migrate(t, &["pause", "--timeout", "120"]).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let took = started.elapsed();
-    assert!(out.status.success(), "{}", common::text(&out));
     let result = t
         .record(M003)
         .await
         .and_then(|r| r.get_document("result").ok().cloned())
         .unwrap_or_default();
-    (took, result)
+    (took, result, unfinished)
 }
 
 /// Before-image entries of 003, and the distinct users they name.
@@ -283,7 +312,7 @@ async fn run(users: u64, bench: bool) -> usize {
     for (i, &rate) in rates.iter().enumerate() {
         // The quiet run next to each writer run: the ratio's two sides share the machine's mood.
         let t = before_003(&format!("livequiet{i}"), users).await;
-        let (took, _) = up(&t).await;
+        let (took, _, _) = up(&t).await;
         quiet.push(took);
         let (entries, written) = entries_per_user(&t).await;
         let _ = writeln!(
@@ -298,8 +327,19 @@ async fn run(users: u64, bench: bool) -> usize {
         let t = before_003(&format!("livewriter{i}"), users).await;
         let writer = Writer::start(&t, rate).await;
         let began = Instant::now();
-        let (took, result) = up(&t).await;
+        let (took, result, unfinished) = up(&t).await;
         let writes = writer.stop().await;
+        if let Some(share) = unfinished {
+            let _ = writeln!(
+                report,
+                "| writer | {:.0} | not finished in {} s ({:.0}% scanned) | - | - | - | - | - |",
+                writes as f64 / began.elapsed().as_secs_f64(),
+                RUN_LIMIT.as_secs(),
+                share * 100.0
+            );
+            t.db.drop().await.unwrap();
+            continue;
+        }
         let achieved = writes as f64 / began.elapsed().as_secs_f64();
         let (entries, written) = entries_per_user(&t).await;
         let per_user = entries as f64 / written.max(1) as f64;

@@ -82,56 +82,9 @@ pub(super) async fn recompute_with(
             }
             Owner::Run(entry) => entry,
         };
-        let after = entry.get_document("after").cloned().unwrap_or_default();
-        let removed = strings(entry, "removed");
-        // The inputs as they are now, with the written fields as before the migration wrote.
-        let mut inputs = doc.clone();
-        if let Ok(before) = entry.get_document("before") {
-            for (k, v) in before {
-                inputs.insert(k.clone(), v.clone());
-            }
+        if let Some(p) = follow_inputs(transform, doc, entry, &mut stats) {
+            planned.push(p);
         }
-        for k in strings(entry, "absent") {
-            inputs.remove(&k);
-        }
-        let (set, unset) = match transform(&inputs) {
-            Change::Invalid(reason) => {
-                stats.note_invalid(&id, reason);
-                continue;
-            }
-            Change::Unchanged => (Document::new(), Vec::new()),
-            Change::Update { set, unset } => (set, unset),
-        };
-        // What the document should hold for its current inputs, over every field written.
-        let mut desired = inputs.clone();
-        for (k, v) in &set {
-            desired.insert(k.clone(), v.clone());
-        }
-        for k in &unset {
-            desired.remove(k);
-        }
-        let mut target_set = Document::new();
-        let mut target_unset = Vec::new();
-        for key in after.keys().chain(set.keys()).chain(removed.iter()) {
-            if target_set.contains_key(key) || target_unset.contains(key) {
-                continue;
-            }
-            match desired.get(key) {
-                Some(v) => {
-                    target_set.insert(key.clone(), v.clone());
-                }
-                None => target_unset.push(key.clone()),
-            }
-        }
-        if already_applied(&doc, &target_set, &target_unset) {
-            continue;
-        }
-        planned.push(Planned {
-            id,
-            set: target_set,
-            unset: target_unset,
-            before: doc,
-        });
     }
     stats.scanned = planned.len() as u64;
     if planned.is_empty() {
@@ -154,6 +107,68 @@ pub(super) async fn recompute_with(
     // A guard that failed: the application wrote it again, and its event brings it back.
     stats.conflicts = (planned.len() as u64).saturating_sub(result.matched_count());
     Ok(stats)
+}
+
+/// The write that makes `doc`, which this migration owns (`entry` is its latest write), follow
+/// its current inputs: every field written set to what the transform gives for the inputs as they
+/// are now, with the written fields as before the migration wrote. `None` when it already holds
+/// that, or its inputs are invalid now (then counted).
+pub(super) fn follow_inputs(
+    transform: &DocTransform,
+    doc: Document,
+    entry: &Document,
+    stats: &mut Stats,
+) -> Option<Planned> {
+    let id = doc.get("_id").cloned().unwrap_or(Bson::Null);
+    let after = entry.get_document("after").cloned().unwrap_or_default();
+    let removed = strings(entry, "removed");
+    let mut inputs = doc.clone();
+    if let Ok(before) = entry.get_document("before") {
+        for (k, v) in before {
+            inputs.insert(k.clone(), v.clone());
+        }
+    }
+    for k in strings(entry, "absent") {
+        inputs.remove(&k);
+    }
+    let (set, unset) = match transform(&inputs) {
+        Change::Invalid(reason) => {
+            stats.note_invalid(&id, reason);
+            return None;
+        }
+        Change::Unchanged => (Document::new(), Vec::new()),
+        Change::Update { set, unset } => (set, unset),
+    };
+    // What the document should hold for its current inputs, over every field written.
+    let mut desired = inputs.clone();
+    for (k, v) in &set {
+        desired.insert(k.clone(), v.clone());
+    }
+    for k in &unset {
+        desired.remove(k);
+    }
+    let mut target_set = Document::new();
+    let mut target_unset = Vec::new();
+    for key in after.keys().chain(set.keys()).chain(removed.iter()) {
+        if target_set.contains_key(key) || target_unset.contains(key) {
+            continue;
+        }
+        match desired.get(key) {
+            Some(v) => {
+                target_set.insert(key.clone(), v.clone());
+            }
+            None => target_unset.push(key.clone()),
+        }
+    }
+    if already_applied(&doc, &target_set, &target_unset) {
+        return None;
+    }
+    Some(Planned {
+        id,
+        set: target_set,
+        unset: target_unset,
+        before: doc,
+    })
 }
 
 /// Who a document this migration may have written belongs to.
@@ -481,6 +496,145 @@ pub(super) async fn save_per_document(
     })
     .await?;
     Ok(inserted.inserted_ids.into_values().collect())
+}
+
+/// Settles the entries a stopped run left pending (saved before writes whose outcome it never
+/// learnt: `kill -9`, a lost connection), before this run writes anything, so that what the
+/// application does from now on cannot be mistaken for their outcome:
+/// - a document holding what its entry wrote was written: the entry stays;
+/// - a document still holding, on every field the entry covers, what the write was guarded on
+///   was not written: the entry is taken back;
+/// - any other document was written and changed since, or changed before the write: the
+///   application's either way, and the entry stays (the document then holds none of it).
+pub(super) async fn settle_earlier(
+    db: &Database,
+    spec: &Backfill,
+    migration: &str,
+    stop: &Stop,
+) -> Result<()> {
+    let images = db.collection::<Document>(super::BEFORE_IMAGES);
+    let filter = doc! { "migration": migration, PENDING: true };
+    let chunks: Vec<Document> = with_retry("reading before-images", stop, || async {
+        images
+            .find(filter.clone())
+            .projection(chunk_projection())
+            .await?
+            .try_collect()
+            .await
+    })
+    .await?;
+    if chunks.is_empty() {
+        return Ok(());
+    }
+    let mut entries: Vec<Document> = chunks.iter().flat_map(entries_in).collect();
+    let coll = db.collection::<Document>(&spec.collection);
+    let not_written = |current: &std::collections::HashMap<Vec<u8>, Document>, e: &Document| {
+        e.get("_id").is_some_and(|id| {
+            current
+                .get(&super::catch_up::key_of(id))
+                .is_some_and(|d| !holds(d, e) && holds_what_was_read(d, e))
+        })
+    };
+    // A write the stopped run sent may still be under way on the server (a client's death does
+    // not stop it): an entry whose document still holds what was read is looked at again after
+    // such writes have had time to end, and taken back only if it still does.
+    for look in 0..2 {
+        if look == 1 {
+            tokio::select! {
+                _ = tokio::time::sleep(LATE_WRITES) => {}
+                _ = stop.stopped() => return Err(stop.error()),
+            }
+        }
+        let ids: Vec<Bson> = entries
+            .iter()
+            .filter_map(|e| e.get("_id").cloned())
+            .collect();
+        let mut current = std::collections::HashMap::new();
+        for part in ids.chunks(1000) {
+            let docs = find_all(
+                &coll,
+                doc! { "_id": { "$in": part.to_vec() } },
+                &projection(&spec.fields),
+                "reading back the documents of unsettled writes",
+                stop,
+            )
+            .await?;
+            for d in docs {
+                if let Some(id) = d.get("_id") {
+                    current.insert(super::catch_up::key_of(id), d);
+                }
+            }
+        }
+        entries.retain(|e| not_written(&current, e));
+        if entries.is_empty() {
+            break;
+        }
+    }
+    let unwritten: Vec<Bson> = entries
+        .iter()
+        .filter_map(|e| e.get("_id").cloned())
+        .collect();
+    let chunk_ids: Vec<Bson> = chunks
+        .iter()
+        .filter_map(|c| c.get("_id").cloned())
+        .collect();
+    let what = "settling the writes a stopped run left unsettled";
+    for part in unwritten.chunks(1000) {
+        with_retry(what, stop, || {
+            images.update_many(
+                doc! { "_id": { "$in": chunk_ids.clone() } },
+                doc! { "$pull": { "entries": { "_id": { "$in": part.to_vec() } } } },
+            )
+        })
+        .await?;
+    }
+    with_retry(what, stop, || {
+        images.delete_many(doc! { "_id": { "$in": chunk_ids.clone() }, "entries": { "$size": 0 } })
+    })
+    .await?;
+    with_retry(what, stop, || {
+        images.update_many(
+            doc! { "_id": { "$in": chunk_ids.clone() } },
+            doc! { "$unset": { PENDING: "" } },
+        )
+    })
+    .await?;
+    tracing::info!(
+        migration,
+        chunks = chunk_ids.len(),
+        unwritten = unwritten.len(),
+        "settled the writes the interrupted run left unsettled"
+    );
+    Ok(())
+}
+
+/// How long the writes a stopped run sent are given to end on the server before its entries are
+/// judged: about the longest a batch's write takes here under load.
+const LATE_WRITES: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Whether `doc` still holds, on every field entry `e` covers, what the write of `e` was
+/// guarded on (its `before`, its `absent` fields missing, and the owned fields it did not set as
+/// they are in its `after`).
+fn holds_what_was_read(doc: &Document, e: &Document) -> bool {
+    let before = e.get_document("before").cloned().unwrap_or_default();
+    let after = e.get_document("after").cloned().unwrap_or_default();
+    let absent = strings(e, "absent");
+    let removed = strings(e, "removed");
+    let read = |key: &String, written: Option<&Bson>| -> Option<Bson> {
+        match before.get(key) {
+            Some(v) => Some(v.clone()),
+            None if absent.contains(key) => None,
+            None => written.cloned(),
+        }
+    };
+    after
+        .iter()
+        .map(|(k, v)| (k, read(k, Some(v))))
+        .chain(removed.iter().map(|k| (k, read(k, None))))
+        .all(|(k, expected)| match expected {
+            Some(v) => already_applied(doc, &doc! { k.clone(): v }, &[]),
+            None => !doc.contains_key(k),
+        })
 }
 
 /// Settles the chunks a non-transactional write saved before it wrote: takes back the entries of

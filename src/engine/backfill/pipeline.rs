@@ -76,6 +76,7 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
         })
         .await?;
         if earlier.is_some() {
+            super::owned::settle_earlier(ctx.db(), spec, ctx.name(), ctx.stop()).await?;
             spec.run.owning_some();
             // Only a stream resumed from the earlier attempt's token reports what changed since.
             if saved_token.is_none() {

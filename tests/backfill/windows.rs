@@ -112,8 +112,8 @@ async fn users_inserted_behind_and_ahead_of_the_windows_are_all_migrated() {
     // Until 003 is nine tenths through: new ids now (above every user but the largest), ids in
     // the gaps between the old ones (behind the scan or ahead of it), and below every user. Every
     // insert is acknowledged before the scan ends, so the look over the candidates after the
-    // scan finds any the stream did not report (an insert after that look would be left to the
-    // post-condition, which then fails the run: the README's known limit).
+    // scan finds any the stream did not report (an insert after that look comes after the
+    // run's convergence point, and is the application's).
     while scanned(&t, M003).await < data.len() as i64 * 9 / 10 && !run.has_exited() {
         let mut bytes = [0u8; 12];
         bytes[..4].copy_from_slice(&(1_420_070_400 + rng.below(300_000_000) as u32).to_be_bytes());

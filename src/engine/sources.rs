@@ -359,105 +359,10 @@ fn hex(bytes: &[u8]) -> String {
 /// overrides `reversible()`, so forgetting that override cannot make rollback refuse a migration
 /// whose `down` exists.
 pub fn defines_down(source: &str) -> bool {
-    let code = strip_comments_and_strings(source);
-    let words: Vec<&str> = code
-        .split(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .filter(|w| !w.is_empty())
-        .collect();
-    words.windows(2).any(|w| w == ["fn", "down"])
+    // Comments are not tokens, and a string literal is one token whatever it holds.
+    tokens(source).windows(2).any(|w| w == ["fn", "down"])
 }
 
-/// The source with comments and the contents of string and char literals blanked out.
-fn strip_comments_and_strings(source: &str) -> String {
-    let chars: Vec<char> = source.chars().collect();
-    let mut out = String::with_capacity(source.len());
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        let next = chars.get(i + 1).copied();
-        if c == '/' && next == Some('/') {
-            while i < chars.len() && chars[i] != '\n' {
-                i += 1;
-            }
-        } else if c == '/' && next == Some('*') {
-            let mut depth = 0;
-            while i < chars.len() {
-                if chars[i] == '/' && chars.get(i + 1) == Some(&'*') {
-                    depth += 1;
-                    i += 2;
-                } else if chars[i] == '*' && chars.get(i + 1) == Some(&'/') {
-                    depth -= 1;
-                    i += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
-            out.push(' ');
-        } else if c == 'r'
-            && (next == Some('"') || next == Some('#'))
-            && raw_string_start(&chars, i)
-        {
-            let mut j = i + 1;
-            let mut hashes = 0;
-            while chars.get(j) == Some(&'#') {
-                hashes += 1;
-                j += 1;
-            }
-            j += 1; // the opening quote
-            while j < chars.len() {
-                if chars[j] == '"' && (0..hashes).all(|h| chars.get(j + 1 + h) == Some(&'#')) {
-                    j += 1 + hashes;
-                    break;
-                }
-                j += 1;
-            }
-            i = j;
-            out.push_str("\"\"");
-        } else if c == '"' {
-            i += 1;
-            while i < chars.len() && chars[i] != '"' {
-                if chars[i] == '\\' {
-                    i += 1;
-                }
-                i += 1;
-            }
-            i += 1;
-            out.push_str("\"\"");
-        } else if c == '\'' && next.is_some() && chars.get(i + 2) == Some(&'\'') {
-            // A one-char literal such as '"'; lifetimes ('a) have no closing quote there.
-            i += 3;
-            out.push_str("' '");
-        } else if c == '\'' && next == Some('\\') {
-            // An escaped char literal ('\'', '\n', '\u{..}'): skip the escaped char first.
-            i += 3;
-            while i < chars.len() && chars[i] != '\'' {
-                i += 1;
-            }
-            i += 1;
-            out.push_str("' '");
-        } else {
-            out.push(c);
-            i += 1;
-        }
-    }
-    out
-}
-
-/// Whether the `r` at `i` opens a raw string (`r"`, `r#"`), not ends an identifier.
-fn raw_string_start(chars: &[char], i: usize) -> bool {
-    let prev_is_ident = i > 0 && (chars[i - 1].is_alphanumeric() || chars[i - 1] == '_');
-    if prev_is_ident {
-        return false;
-    }
-    let mut j = i + 1;
-    while chars.get(j) == Some(&'#') {
-        j += 1;
-    }
-    chars.get(j) == Some(&'"')
-}
 
 /// The module list of a migrations test target: one module per migration whose tests exist in
 /// `tests_dir` as `NNN_snake_name.rs`, and, for a migration without one, a test that fails

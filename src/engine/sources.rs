@@ -363,7 +363,6 @@ pub fn defines_down(source: &str) -> bool {
     tokens(source).windows(2).any(|w| w == ["fn", "down"])
 }
 
-
 /// The module list of a migrations test target: one module per migration whose tests exist in
 /// `tests_dir` as `NNN_snake_name.rs`, and, for a migration without one, a test that fails
 /// saying which file to add. So a new migration's tests run without a `Cargo.toml` entry, and a

@@ -361,13 +361,13 @@ pub(super) async fn undo_met_halfway(
         .map(|(p, _)| p.id.clone())
         .collect();
     if !undone.is_empty() {
-        let images = db.collection::<Document>(super::BEFORE_IMAGES);
-        with_retry("taking back before-images of undone writes", stop, || {
-            images.update_many(
-                doc! { "_id": { "$in": ours.to_vec() } },
-                doc! { "$pull": { "entries": { "_id": { "$in": undone.clone() } } } },
-            )
-        })
+        take_back(
+            db,
+            ours,
+            &undone,
+            "taking back before-images of undone writes",
+            stop,
+        )
         .await?;
         tracing::debug!(
             documents = undone.len(),
@@ -527,7 +527,6 @@ pub(super) async fn settle_earlier(
         return Ok(());
     }
     let mut entries: Vec<Document> = chunks.iter().flat_map(entries_in).collect();
-    let coll = db.collection::<Document>(&spec.collection);
     let not_written = |current: &std::collections::HashMap<Vec<u8>, Document>, e: &Document| {
         e.get("_id").is_some_and(|id| {
             current
@@ -549,22 +548,8 @@ pub(super) async fn settle_earlier(
             .iter()
             .filter_map(|e| e.get("_id").cloned())
             .collect();
-        let mut current = std::collections::HashMap::new();
-        for part in ids.chunks(1000) {
-            let docs = find_all(
-                &coll,
-                doc! { "_id": { "$in": part.to_vec() } },
-                &projection(&spec.fields),
-                "reading back the documents of unsettled writes",
-                stop,
-            )
-            .await?;
-            for d in docs {
-                if let Some(id) = d.get("_id") {
-                    current.insert(super::catch_up::key_of(id), d);
-                }
-            }
-        }
+        let what = "reading back the documents of unsettled writes";
+        let current = read_by_key(db, spec, &ids, what, stop).await?;
         entries.retain(|e| not_written(&current, e));
         if entries.is_empty() {
             break;
@@ -579,26 +564,8 @@ pub(super) async fn settle_earlier(
         .filter_map(|c| c.get("_id").cloned())
         .collect();
     let what = "settling the writes a stopped run left unsettled";
-    for part in unwritten.chunks(1000) {
-        with_retry(what, stop, || {
-            images.update_many(
-                doc! { "_id": { "$in": chunk_ids.clone() } },
-                doc! { "$pull": { "entries": { "_id": { "$in": part.to_vec() } } } },
-            )
-        })
-        .await?;
-    }
-    with_retry(what, stop, || {
-        images.delete_many(doc! { "_id": { "$in": chunk_ids.clone() }, "entries": { "$size": 0 } })
-    })
-    .await?;
-    with_retry(what, stop, || {
-        images.update_many(
-            doc! { "_id": { "$in": chunk_ids.clone() } },
-            doc! { "$unset": { PENDING: "" } },
-        )
-    })
-    .await?;
+    take_back(db, &chunk_ids, &unwritten, what, stop).await?;
+    mark_settled(db, &chunk_ids, stop).await?;
     tracing::info!(
         migration,
         chunks = chunk_ids.len(),
@@ -655,25 +622,12 @@ pub(super) async fn settle_after(
     if chunks.is_empty() {
         return Ok(());
     }
-    let images = db.collection::<Document>(super::BEFORE_IMAGES);
     if !missed.is_empty() {
         let ids: Vec<Bson> = missed
             .iter()
             .filter_map(|e| e.get("_id").cloned())
             .collect();
-        let coll = db.collection::<Document>(&spec.collection);
-        let current = find_all(
-            &coll,
-            doc! { "_id": { "$in": ids } },
-            &projection(&spec.fields),
-            "reading back a written batch",
-            stop,
-        )
-        .await?;
-        let by_id: std::collections::HashMap<Vec<u8>, &Document> = current
-            .iter()
-            .filter_map(|d| d.get("_id").map(|id| (super::catch_up::key_of(id), d)))
-            .collect();
+        let current = read_by_key(db, spec, &ids, "reading back a written batch", stop).await?;
         let unwritten: Vec<Bson> = missed
             .iter()
             .filter(|e| {
@@ -681,7 +635,7 @@ pub(super) async fn settle_after(
                     // Holding it proves nothing without a retry: another write of this run may
                     // have left the same values.
                     !retried
-                        || by_id
+                        || current
                             .get(&super::catch_up::key_of(id))
                             .is_none_or(|d| !holds(d, e))
                 })
@@ -689,28 +643,68 @@ pub(super) async fn settle_after(
             .filter_map(|e| e.get("_id").cloned())
             .collect();
         if !unwritten.is_empty() {
-            // Each chunk names a document at most once, so pulling by `_id` within these chunks
-            // takes back exactly these writes' entries, never an older write's.
             let what = "taking back before-images of writes that did not happen";
-            with_retry(what, stop, || {
-                images.update_many(
-                    doc! { "_id": { "$in": chunks.to_vec() } },
-                    doc! { "$pull": { "entries": { "_id": { "$in": unwritten.clone() } } } },
-                )
-            })
-            .await?;
-            with_retry(what, stop, || {
-                images.delete_many(
-                    doc! { "_id": { "$in": chunks.to_vec() }, "entries": { "$size": 0 } },
-                )
-            })
-            .await?;
+            take_back(db, chunks, &unwritten, what, stop).await?;
             tracing::debug!(
                 entries = unwritten.len(),
                 "took back the before-images of writes whose guard failed"
             );
         }
     }
+    mark_settled(db, chunks, stop).await
+}
+
+/// The documents `ids` with every field the backfill reads, by key, read a thousand at a time.
+pub(super) async fn read_by_key(
+    db: &Database,
+    spec: &Backfill,
+    ids: &[Bson],
+    what: &str,
+    stop: &Stop,
+) -> Result<std::collections::HashMap<Vec<u8>, Document>> {
+    let coll = db.collection::<Document>(&spec.collection);
+    let mut current = std::collections::HashMap::new();
+    for part in ids.chunks(1000) {
+        let filter = doc! { "_id": { "$in": part.to_vec() } };
+        for d in find_all(&coll, filter, &projection(&spec.fields), what, stop).await? {
+            if let Some(id) = d.get("_id") {
+                current.insert(super::catch_up::key_of(id), d);
+            }
+        }
+    }
+    Ok(current)
+}
+
+/// Takes the entries of the documents `ids` out of `chunks`, a thousand documents at a time, and
+/// deletes the chunks left empty. Each chunk names a document at most once, so this takes back
+/// exactly those writes' entries, never an older write's.
+async fn take_back(
+    db: &Database,
+    chunks: &[Bson],
+    ids: &[Bson],
+    what: &str,
+    stop: &Stop,
+) -> Result<()> {
+    let images = db.collection::<Document>(super::BEFORE_IMAGES);
+    for part in ids.chunks(1000) {
+        with_retry(what, stop, || {
+            images.update_many(
+                doc! { "_id": { "$in": chunks.to_vec() } },
+                doc! { "$pull": { "entries": { "_id": { "$in": part.to_vec() } } } },
+            )
+        })
+        .await?;
+    }
+    with_retry(what, stop, || {
+        images.delete_many(doc! { "_id": { "$in": chunks.to_vec() }, "entries": { "$size": 0 } })
+    })
+    .await?;
+    Ok(())
+}
+
+/// Marks `chunks` settled: [`owner`] goes by their entries from now on.
+async fn mark_settled(db: &Database, chunks: &[Bson], stop: &Stop) -> Result<()> {
+    let images = db.collection::<Document>(super::BEFORE_IMAGES);
     with_retry("settling before-images", stop, || {
         images.update_many(
             doc! { "_id": { "$in": chunks.to_vec() } },

@@ -2,7 +2,7 @@
 
 use super::retry::with_retry;
 use super::spec::{Backfill, Change, DocTransform};
-use super::write::{already_applied, find_all, projection, Planned};
+use super::write::{already_applied, Planned};
 use crate::engine::error::Result;
 use crate::engine::migration::Stop;
 use mongodb::bson::{doc, Bson, Document};
@@ -32,19 +32,9 @@ pub(super) async fn record_what_was_written(
     mut entries: Vec<Bson>,
     stop: &Stop,
 ) -> Result<()> {
-    let coll = db.collection::<Document>(&spec.collection);
-    let current = find_all(
-        &coll,
-        doc! { "_id": { "$in": fast.ids.clone() } },
-        &projection(&spec.fields),
-        "reading back a written batch",
-        stop,
-    )
-    .await?;
-    let by_id: std::collections::HashMap<Vec<u8>, &Document> = current
-        .iter()
-        .filter_map(|d| d.get("_id").map(|id| (super::catch_up::key_of(id), d)))
-        .collect();
+    let by_id =
+        super::owned::read_by_key(db, spec, &fast.ids, "reading back a written batch", stop)
+            .await?;
     let mut corrected = 0usize;
     for (p, entry) in planned.iter().zip(entries.iter_mut()) {
         let Some(now) = by_id.get(&super::catch_up::key_of(&p.id)) else {

@@ -1149,3 +1149,45 @@ async fn tiny_earnings_and_non_numeric_balances_never_block_a_run() {
         text(&status)
     );
 }
+
+#[tokio::test]
+async fn a_change_stream_held_back_by_an_open_transaction_still_reports_every_write_before_the_end()
+{
+    // Some servers deliver no change event while any transaction is open, anywhere: empty
+    // batches then say nothing about what is still to come. The run must wait for its stream
+    // to deliver what was written before its end, not take a quiet stream for a drained one.
+    let (t, before) = prepared("heldback", 21).await;
+    let writer = Writer::start(&t, 21 ^ 0xABCD);
+    let client = t.db.client();
+    let mut holder = client.start_session().await.unwrap();
+    holder.start_transaction().await.unwrap();
+    t.db.collection::<Document>("elsewhere")
+        .insert_one(doc! { "held": true })
+        .session(&mut holder)
+        .await
+        .unwrap();
+    let mut run = Running::start(
+        &t,
+        &[
+            "up",
+            "--batch-size",
+            "300",
+            "--concurrency",
+            "2",
+            "--max-docs-per-sec",
+            RATE,
+            "--no-progress",
+        ],
+    );
+    run.wait_for(async || scanned(&t).await >= USERS * 9 / 10)
+        .await;
+    let (writes, app) = writer.stop().await;
+    assert!(writes > 100, "the writer wrote only {writes} times");
+    // The run reaches its end while the transaction is still open.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    holder.abort_transaction().await.unwrap();
+    let out = run.output().await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_balances_follow_current_earnings(&t, &before, &app).await;
+    t.db.drop().await.unwrap();
+}

@@ -158,7 +158,17 @@ struct Shared {
     marked: Option<Timestamp>,
     /// The cluster time of each document's latest event since `marked`.
     latest: std::collections::HashMap<Vec<u8>, Timestamp>,
+    /// The stream marks (see [`MARKS`]) the stream has delivered.
+    marks_seen: HashSet<Vec<u8>>,
 }
+
+/// The collection of stream marks: a drain writes one and waits for the stream to deliver it.
+/// The stream watches the database, matching the backfill's collection and this one, and a
+/// stream delivers events in commit order, so once the mark comes, every write committed
+/// before it has come too, whatever the server's tokens say and however far its stream lags
+/// (some servers hold every stream back while any transaction is open). The mark is deleted
+/// once seen; only inserts are watched.
+pub const MARKS: &str = "migrations_stream_marks";
 
 /// The `_id`s changed since a token, with the token to save once they are written.
 pub struct Taken {
@@ -172,6 +182,7 @@ pub struct Taken {
 pub struct Watcher {
     shared: Arc<Mutex<Shared>>,
     task: JoinHandle<()>,
+    marks: Collection<Document>,
 }
 
 /// Why opening the stream failed: no change streams here, or the token left the oplog.
@@ -209,7 +220,11 @@ impl Watcher {
                 pipeline,
             },
         ));
-        Ok(Watcher { shared, task })
+        Ok(Watcher {
+            shared,
+            task,
+            marks: marks_of(coll),
+        })
     }
 
     /// Reopens the stream after `token` in the background and starts collecting once it is
@@ -229,6 +244,7 @@ impl Watcher {
             opening: true,
             ..Default::default()
         }));
+        let marks = marks_of(coll);
         let coll = coll.clone();
         let task = tokio::spawn({
             let shared = shared.clone();
@@ -259,7 +275,11 @@ impl Watcher {
                 }
             }
         });
-        Watcher { shared, task }
+        Watcher {
+            shared,
+            task,
+            marks,
+        }
     }
 
     /// Why the stream could not be reopened from its token, once that is known.
@@ -352,10 +372,35 @@ impl Watcher {
         };
         // Counted down however the drain ends, a cancelled one included.
         let _draining = Draining(&self.shared);
-        self.drain_from(start, until).await
+        let mark = self.write_mark().await;
+        let drained = self.drain_from(start, until, mark.as_ref()).await;
+        if let Some(id) = mark {
+            // Best effort: a mark left behind is a few bytes no drain reads again.
+            let _ = self.marks.delete_one(doc! { "_id": id }).await;
+        }
+        drained
     }
 
-    async fn drain_from(&self, start: u64, until: Option<Timestamp>) -> Result<bool> {
+    /// Writes a stream mark (see [`MARKS`]) and returns its `_id`; `None` where it cannot be
+    /// written (the drain then goes by what the stream's batches say).
+    async fn write_mark(&self) -> Option<Bson> {
+        let id = Bson::ObjectId(mongodb::bson::oid::ObjectId::new());
+        let mark = doc! { "_id": id.clone(), "at": mongodb::bson::DateTime::now() };
+        match self.marks.insert_one(mark).await {
+            Ok(_) => Some(id),
+            Err(e) => {
+                debug!(error = %short(&e), "no stream mark written; draining by empty batches");
+                None
+            }
+        }
+    }
+
+    async fn drain_from(
+        &self,
+        start: u64,
+        until: Option<Timestamp>,
+        mark: Option<&Bson>,
+    ) -> Result<bool> {
         let begun = Instant::now();
         loop {
             {
@@ -363,7 +408,11 @@ impl Watcher {
                 if let Some(why) = &s.failed {
                     return Err(Error::Config(format!("the change stream stopped: {why}")));
                 }
-                if drained(&s, start, until) {
+                let done = match mark {
+                    Some(id) => s.marks_seen.contains(&key_of(id)) || by_time(&s, until),
+                    None => drained(&s, start, until),
+                };
+                if done {
                     return Ok(true);
                 }
             }
@@ -387,16 +436,21 @@ impl Watcher {
 /// - where tokens do not say their time: two empty batches since the drain began, the second
 ///   fetched after it began.
 fn drained(s: &Shared, start: u64, until: Option<Timestamp>) -> bool {
+    by_time(s, until) || (s.empty_through.is_none() && s.empty_batches >= start + 2)
+}
+
+/// Whether the stream's cluster times prove it has delivered every event up to `until`: an
+/// event later than it was read, or an empty batch's token stands for it or later.
+fn by_time(s: &Shared, until: Option<Timestamp>) -> bool {
+    let Some(until) = until else {
+        return false;
+    };
     let later = |a: Timestamp, b: Timestamp| (a.time, a.increment) > (b.time, b.increment);
-    if let (Some(until), Some(last)) = (until, s.last_event_time) {
-        if later(last, until) {
-            return true;
-        }
+    if s.last_event_time.is_some_and(|last| later(last, until)) {
+        return true;
     }
-    match (until, s.empty_through) {
-        (Some(until), Some(through)) => !later(until, through),
-        _ => s.empty_batches >= start + 2,
-    }
+    s.empty_through
+        .is_some_and(|through| !later(until, through))
 }
 
 /// The cluster time a resume token stands for, where the token says it in MongoDB's form: a hex
@@ -427,11 +481,9 @@ async fn open_stream(
     token: Option<ResumeToken>,
     begun: Option<Timestamp>,
 ) -> std::result::Result<(ChangeStream<Event>, Option<Event>), Unavailable> {
-    let watch = || {
-        coll.watch()
-            .pipeline(pipeline.clone())
-            .max_await_time(AWAIT)
-    };
+    let db = coll.client().database(&coll.namespace().db);
+    let pipeline = with_marks(coll.name(), pipeline);
+    let watch = || db.watch().pipeline(pipeline.clone()).max_await_time(AWAIT);
     let stream = match token {
         Some(t) => watch().resume_after(t).await,
         None => match begun {
@@ -452,6 +504,38 @@ async fn open_stream(
         .await
         .map_err(|e| Unavailable(short(&e)))?;
     Ok((stream, first))
+}
+
+/// The collection of `coll`'s stream marks.
+fn marks_of(coll: &Collection<Document>) -> Collection<Document> {
+    coll.client()
+        .database(&coll.namespace().db)
+        .collection(MARKS)
+}
+
+/// `pipeline` (a `$match` first) for a stream on the whole database: its events of `coll`,
+/// and the inserts of stream marks, each with its namespace.
+fn with_marks(coll: &str, pipeline: Vec<Document>) -> Vec<Document> {
+    pipeline
+        .into_iter()
+        .enumerate()
+        .map(|(i, stage)| {
+            if let (0, Ok(m)) = (i, stage.get_document("$match")) {
+                return doc! { "$match": { "$or": [
+                    { "$and": [{ "ns.coll": coll }, m.clone()] },
+                    { "ns.coll": MARKS, "operationType": "insert" },
+                ] } };
+            }
+            match stage.get_document("$project") {
+                Ok(p) => {
+                    let mut p = p.clone();
+                    p.insert("ns", 1);
+                    doc! { "$project": p }
+                }
+                Err(_) => stage,
+            }
+        })
+        .collect()
 }
 
 /// A drain in progress, for the collector's [`idle`] pause.
@@ -484,6 +568,15 @@ type Event = ChangeStreamEvent<Document>;
 
 fn record(shared: &Mutex<Shared>, event: &Event, token: Option<ResumeToken>) {
     let mut s = lock(shared);
+    if event.ns.as_ref().and_then(|ns| ns.coll.as_deref()) == Some(MARKS) {
+        if let Some(id) = event.document_key.as_ref().and_then(|k| k.get("_id")) {
+            s.marks_seen.insert(key_of(id));
+        }
+        if token.is_some() {
+            s.token = token;
+        }
+        return;
+    }
     s.events += 1;
     s.last_event_at = Some(Instant::now());
     if let Some(t) = event.cluster_time {

@@ -21,6 +21,10 @@ pub(super) struct FastWrite {
 /// entry records it, so `down` restores it. Anything else (the application also changed a written
 /// field) keeps the entry as it is, and `down` reports the document as changed rather than
 /// overwrite the application's value.
+///
+/// Returns, by index into `planned`, what the server set where that differs from the plan, so
+/// that whatever later checks this batch's writes (see `owned::undo_met_halfway`) goes by what
+/// was written.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn record_what_was_written(
     db: &Database,
@@ -31,12 +35,12 @@ pub(super) async fn record_what_was_written(
     chunk_id: Bson,
     mut entries: Vec<Bson>,
     stop: &Stop,
-) -> Result<()> {
+) -> Result<Vec<(usize, Document)>> {
     let by_id =
         super::owned::read_by_key(db, spec, &fast.ids, "reading back a written batch", stop)
             .await?;
-    let mut corrected = 0usize;
-    for (p, entry) in planned.iter().zip(entries.iter_mut()) {
+    let mut corrected = Vec::new();
+    for (i, (p, entry)) in planned.iter().zip(entries.iter_mut()).enumerate() {
         let Some(now) = by_id.get(&super::catch_up::key_of(&p.id)) else {
             continue;
         };
@@ -57,16 +61,16 @@ pub(super) async fn record_what_was_written(
                 if let Some(e) = entry.as_document_mut() {
                     // The fields this write set; the other owned fields stay as recorded.
                     let mut after = e.get_document("after").cloned().unwrap_or_default();
-                    for (k, v) in set {
-                        after.insert(k, v);
+                    for (k, v) in &set {
+                        after.insert(k.clone(), v.clone());
                     }
                     e.insert("after", after);
-                    corrected += 1;
+                    corrected.push((i, set));
                 }
             }
         }
     }
-    if corrected > 0 {
+    if !corrected.is_empty() {
         let images = db.collection::<Document>(super::BEFORE_IMAGES);
         with_retry("correcting before-images", stop, || {
             images.update_one(
@@ -76,9 +80,9 @@ pub(super) async fn record_what_was_written(
         })
         .await?;
         tracing::debug!(
-            corrected,
+            corrected = corrected.len(),
             "inputs changed between read and write; before-images record what was written"
         );
     }
-    Ok(())
+    Ok(corrected)
 }

@@ -369,10 +369,15 @@ pub async fn client_batch(
                         .map(|p| before_image(p, &spec.owns)),
                 );
             } else if let Some((chunk_id, entries)) = chunk.take() {
-                record_what_was_written(
+                let written = record_what_was_written(
                     db, spec, transform, &planned, fast, chunk_id, entries, stop,
                 )
                 .await?;
+                // The server computed from inputs the application changed since the read: what
+                // it set is this batch's write (a reset met half-way is undone from it below).
+                for (i, set) in written {
+                    planned[i].set = set;
+                }
             }
         }
         let each = write_each(

@@ -251,6 +251,7 @@ pub(super) async fn sample_data(db: mongodb::Database, args: SampleArgs) -> Resu
             crate::engine::store::TRACKING_COLLECTION,
             crate::engine::lock::LOCK_COLLECTION,
             crate::engine::backfill::BEFORE_IMAGES,
+            crate::engine::backfill::MARKS,
         ] {
             db.collection::<mongodb::bson::Document>(name)
                 .drop()

@@ -39,7 +39,7 @@ mod write;
 
 pub(crate) use atomic::end_abandoned;
 pub use before_image::{images_summary, restore, ImagesSummary, RestoreReport, BEFORE_IMAGES};
-pub use catch_up::CatchUpMode;
+pub use catch_up::{CatchUpMode, MARKS};
 pub use checkpoint::{int, CatchUpStats, Stats, INVALID_SAMPLES};
 pub use converge::{judged_as_of_convergence, Convergence};
 pub use owned::not_moved;

@@ -1,6 +1,7 @@
 //! `examples/app_startup.rs`, a service migrating its database at start-up with its own
 //! migrations compiled in by `embed_migrations!`: built and run as a program, several instances
-//! at once, the way a deployment starts them.
+//! at once, the way a deployment starts them; and `examples/app_cli.rs`, the operator CLI over
+//! those migrations, driven as an operator drives `migrate`.
 
 mod common;
 
@@ -9,8 +10,9 @@ use mongodb::bson::{doc, Document};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-/// Builds the example (a no-op when `cargo test --all-targets` already did) and returns it.
-fn example() -> PathBuf {
+/// Builds the example `name` (a no-op when `cargo test --all-targets` already did) and returns
+/// it.
+fn example(name: &str) -> PathBuf {
     // This test's binary is target/<profile>/deps/example_app-<hash>.
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
@@ -41,13 +43,13 @@ fn example() -> PathBuf {
         }
     }
     let status = cargo
-        .args(["build", "--quiet", "--example", "app_startup"])
+        .args(["build", "--quiet", "--example", name])
         .env("CARGO_TARGET_DIR", target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
-        .expect("run cargo build --example app_startup");
-    assert!(status.success(), "cargo build --example app_startup failed");
-    profile_dir.join("examples/app_startup")
+        .expect("run cargo build --example");
+    assert!(status.success(), "cargo build --example {name} failed");
+    profile_dir.join("examples").join(name)
 }
 
 fn start(program: &PathBuf, t: &TestDb, args: &[&str]) -> std::process::Child {
@@ -72,7 +74,9 @@ async fn accounts(t: &TestDb) -> Vec<Document> {
 
 #[tokio::test]
 async fn instances_starting_together_apply_the_apps_migrations_once_and_roll_back_its_last() {
-    let program = tokio::task::spawn_blocking(example).await.unwrap();
+    let program = tokio::task::spawn_blocking(|| example("app_startup"))
+        .await
+        .unwrap();
     let t = fresh_db("example_app").await;
     t.db.collection::<Document>("accounts")
         .insert_many(vec![
@@ -139,4 +143,103 @@ async fn instances_starting_together_apply_the_apps_migrations_once_and_roll_bac
         accounts(&t).await[0].get_str("email").unwrap(),
         "Ada@Example.com"
     );
+}
+
+/// Runs the application's CLI (`examples/app_cli`) on `t` with `args`, to its end.
+async fn app_cli(program: &PathBuf, t: &TestDb, args: &[&str]) -> Output {
+    let child = app_cli_start(program, t, args);
+    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn app_cli_start(program: &PathBuf, t: &TestDb, args: &[&str]) -> std::process::Child {
+    let logs = t.log_file();
+    Command::new(program)
+        .args(["--uri", &t.uri, "--log-dir"])
+        .arg(logs.parent().unwrap())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the example")
+}
+
+#[tokio::test]
+async fn an_application_gets_the_whole_operator_cli_over_its_own_migrations() {
+    let program = tokio::task::spawn_blocking(|| example("app_cli"))
+        .await
+        .unwrap();
+    let t = fresh_db("app_cli").await;
+    let accounts: Vec<Document> = (0..6000)
+        .map(|i| doc! { "_id": i, "email": format!("User{i}@Example.com") })
+        .collect();
+    t.db.collection::<Document>("accounts")
+        .insert_many(accounts)
+        .await
+        .unwrap();
+
+    // Its migrations, not this repository's.
+    let out = app_cli(&program, &t, &["status"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let shown = text(&out);
+    assert!(shown.contains("001_add_account_tiers"), "{shown}");
+    assert!(shown.contains("002_lowercase_emails"), "{shown}");
+    assert!(!shown.contains("withdrawal"), "{shown}");
+    let out = app_cli(&program, &t, &["up", "--to", "3"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("this build has 001, 002"),
+        "{}",
+        text(&out)
+    );
+
+    // A throttled run, paused from a second process, then resumed.
+    let up = app_cli_start(
+        &program,
+        &t,
+        &["up", "--max-docs-per-sec", "1500", "--no-progress"],
+    );
+    let started = std::time::Instant::now();
+    while t.checkpoint("002_lowercase_emails").await.is_none() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "002 never checkpointed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let out = app_cli(&program, &t, &["pause"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("paused"), "{}", text(&out));
+    let up = tokio::task::spawn_blocking(move || up.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(up.status.code(), Some(130), "{}", text(&up));
+    let lowered =
+        t.db.collection::<Document>("accounts")
+            .count_documents(doc! { "email": { "$regex": "^user" } })
+            .await
+            .unwrap();
+    assert!(lowered < 6000, "the pause came after the run's end");
+    let out = app_cli(&program, &t, &["up", "--resume", "--no-progress"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(t.status("002_lowercase_emails").await, "completed");
+    let all = t.all("accounts").await;
+    assert!(all
+        .iter()
+        .all(|a| a.get_str("email").unwrap().starts_with("user")));
+
+    // Rolled back through the same binary: every email as it was.
+    let out = app_cli(&program, &t, &["rollback", "--yes"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let all = t.all("accounts").await;
+    assert!(
+        all.iter()
+            .enumerate()
+            .all(|(i, a)| a.get_str("email").unwrap() == format!("User{i}@Example.com")),
+        "{:?}",
+        all.first()
+    );
+    assert_eq!(t.status("002_lowercase_emails").await, "rolled_back");
+    t.db.drop().await.unwrap();
 }

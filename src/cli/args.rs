@@ -275,14 +275,27 @@ fn parse_rollback_number(s: &str) -> std::result::Result<u32, String> {
     }
 }
 
-/// `--to NNN`: a number of a migration compiled into this build, checked before connecting.
+/// The numbers of the migrations the CLI runs over (see [`set_known`]).
+static KNOWN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// Names the migrations whose numbers `--to` accepts: those [`crate::cli::run`] was given. Set
+/// before the arguments are parsed, which is when clap checks them.
+pub(super) fn set_known(migrations: &[crate::engine::registry::Registered]) {
+    let mut known = KNOWN.lock().unwrap_or_else(|e| e.into_inner());
+    *known = migrations.iter().map(|m| m.number).collect();
+    known.sort_unstable();
+}
+
+/// `--to NNN`: a number of a migration this CLI runs over, checked before connecting.
 fn parse_migration_number(s: &str) -> std::result::Result<u32, String> {
     let number: u32 = s
         .parse()
         .map_err(|_| format!("{s:?} is not a migration number (e.g. 2 or 002)"))?;
-    let known: Vec<String> = crate::engine::registry::compiled()
+    let known: Vec<String> = KNOWN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
         .iter()
-        .map(|m| format!("{:03}", m.number))
+        .map(|n| format!("{n:03}"))
         .collect();
     if known.contains(&format!("{number:03}")) {
         Ok(number)

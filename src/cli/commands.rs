@@ -18,8 +18,7 @@ use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub(super) async fn status(db: mongodb::Database, json: bool, watch: bool) -> Result<()> {
-    let runner = MigrationRunner::new(db);
+pub(super) async fn status(runner: MigrationRunner, json: bool, watch: bool) -> Result<()> {
     if watch {
         return super::live::watch(&runner, json).await;
     }
@@ -46,7 +45,7 @@ fn wait_options(options: &mut RunOptions, lock: &LockArgs) {
     options.lock_lease = Duration::from_secs(lock.lock_lease);
 }
 
-pub(super) async fn up(db: mongodb::Database, config: &Config, args: UpArgs) -> Result<()> {
+pub(super) async fn up(runner: MigrationRunner, config: &Config, args: UpArgs) -> Result<()> {
     let mut options = RunOptions {
         batch_size: match args.batch_size {
             BatchSize::Fixed(n) => n,
@@ -73,7 +72,7 @@ pub(super) async fn up(db: mongodb::Database, config: &Config, args: UpArgs) -> 
         ..RunOptions::default()
     };
     lock_options(&mut options, &args.lock);
-    let runner = MigrationRunner::new(db).with_options(options);
+    let runner = runner.with_options(options);
     let _signals = watch_signals(runner.stop_handle(), Kind::Up);
     tracing::info!(database = %config.database, uri = %config.redacted_uri(), dry_run = args.dry_run, "migrate up");
     let mut report = RunReport::default();
@@ -87,13 +86,13 @@ pub(super) async fn up(db: mongodb::Database, config: &Config, args: UpArgs) -> 
     result
 }
 
-pub(super) async fn rollback(db: mongodb::Database, args: RollbackArgs) -> Result<()> {
+pub(super) async fn rollback(runner: MigrationRunner, args: RollbackArgs) -> Result<()> {
     let mut options = RunOptions {
         force: args.force,
         ..RunOptions::default()
     };
     lock_options(&mut options, &args.lock);
-    let runner = MigrationRunner::new(db).with_options(options);
+    let runner = runner.with_options(options);
     if args.dry_run {
         let previews = runner.rollback_preview(args.to).await?;
         print_rollback_preview(&previews, args.to);
@@ -154,13 +153,13 @@ pub(super) async fn rollback(db: mongodb::Database, args: RollbackArgs) -> Resul
     Ok(())
 }
 
-pub(super) async fn baseline(db: mongodb::Database, args: BaselineArgs) -> Result<()> {
+pub(super) async fn baseline(runner: MigrationRunner, args: BaselineArgs) -> Result<()> {
     let mut options = RunOptions {
         dry_run: args.dry_run,
         ..RunOptions::default()
     };
     lock_options(&mut options, &args.lock);
-    let runner = MigrationRunner::new(db).with_options(options);
+    let runner = runner.with_options(options);
     let marked = runner.baseline(args.to).await?;
     let verb = if args.dry_run { "would mark" } else { "marked" };
     if marked.is_empty() {
@@ -183,10 +182,10 @@ fn short(checksum: &str) -> &str {
     checksum.get(..12).unwrap_or(checksum)
 }
 
-pub(super) async fn repair(db: mongodb::Database, args: RepairArgs) -> Result<()> {
+pub(super) async fn repair(runner: MigrationRunner, args: RepairArgs) -> Result<()> {
     let mut options = RunOptions::default();
     wait_options(&mut options, &args.lock);
-    let runner = MigrationRunner::new(db).with_options(options);
+    let runner = runner.with_options(options);
     let targets = runner.repair_targets().await?;
     if targets.is_empty() {
         print_out("nothing to repair: every applied migration's recorded checksum is its source's");

@@ -28,8 +28,28 @@ use logging::print_err;
 use signals::{continue_hint, Kind};
 use std::time::Duration;
 
-/// Entry point of the binary: returns the process exit code.
+/// Entry point of the `migrate` binary: the operator CLI over the migrations compiled into this
+/// build (`migrations/`). Returns the process exit code.
 pub fn main() -> i32 {
+    run(crate::engine::registry::compiled())
+}
+
+/// The whole operator CLI (every command, flag, exit code and log of `migrate`) over
+/// `migrations`: what an application's own binary calls with the migrations it embeds.
+///
+/// ```no_run
+/// fn main() {
+///     // The application's folder of migrations, relative to its Cargo.toml.
+///     let migrations = mongo_migrate::embed_migrations!("examples/app_migrations");
+///     std::process::exit(mongo_migrate::cli::run(migrations));
+/// }
+/// ```
+///
+/// `--to NNN` accepts the numbers of `migrations`. Returns the process exit code.
+// The example is an application's whole `main`.
+#[allow(clippy::needless_doctest_main)]
+pub fn run(migrations: Vec<crate::engine::registry::Registered>) -> i32 {
+    args::set_known(&migrations);
     let parsed = Cli::command()
         .try_get_matches()
         .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
@@ -88,7 +108,7 @@ pub fn main() -> i32 {
             return exit::CONFIG;
         }
     };
-    let code = match runtime.block_on(run(cli, settings)) {
+    let code = match runtime.block_on(dispatch(cli, settings, migrations)) {
         Ok(()) => exit::SUCCESS,
         Err(e) => report_error(&e, kind),
     };
@@ -137,19 +157,24 @@ fn report_error(e: &Error, kind: Kind) -> i32 {
     e.exit_code()
 }
 
-async fn run(cli: Cli, settings: Settings) -> Result<()> {
+async fn dispatch(
+    cli: Cli,
+    settings: Settings,
+    migrations: Vec<crate::engine::registry::Registered>,
+) -> Result<()> {
     let config = settings.resolve()?;
     let (client, db) = config.connect().await?;
     tracing::debug!(uri = %config.redacted_uri(), database = %config.database, "connected");
+    let runner = || crate::engine::runner::MigrationRunner::with_migrations(db.clone(), migrations);
     let result = match cli.command {
-        Command::Status { json, watch } => commands::status(db, json, watch).await,
+        Command::Status { json, watch } => commands::status(runner(), json, watch).await,
         Command::Pause(args) => control::pause(db, args).await,
         Command::Throttle(args) => control::throttle(db, args).await,
-        Command::Up(args) => commands::up(db, &config, args).await,
+        Command::Up(args) => commands::up(runner(), &config, args).await,
         Command::New(_) => unreachable!("`new` returns before connecting"),
-        Command::Rollback(args) => commands::rollback(db, args).await,
-        Command::Baseline(args) => commands::baseline(db, args).await,
-        Command::Repair(args) => commands::repair(db, args).await,
+        Command::Rollback(args) => commands::rollback(runner(), args).await,
+        Command::Baseline(args) => commands::baseline(runner(), args).await,
+        Command::Repair(args) => commands::repair(runner(), args).await,
         Command::Completions { .. } => unreachable!("answered before connecting"),
         Command::SampleData(args) => commands::sample_data(db, args).await,
     };

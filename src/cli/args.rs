@@ -54,6 +54,11 @@ pub(super) enum Command {
         /// Refresh every 2 s until no migration is running
         #[arg(long)]
         watch: bool,
+        /// For scripts and health checks: exit 5 when a migration needs an operator (applied
+        /// but unknown to this build, failed, interrupted, changed since applied, or its record
+        /// unreadable), naming each on stderr; 0 otherwise (pending ones are fine)
+        #[arg(long, conflicts_with = "watch")]
+        check: bool,
     },
     /// Ask the run holding the lock, on any host, to stop as Ctrl-C does (finish the batches in
     /// flight, save the checkpoint, release the lock, exit 130), and wait until it has
@@ -93,6 +98,10 @@ pub(super) struct RunLockArgs {
     /// accepts the change for good)
     #[arg(long)]
     pub(super) allow_drift: bool,
+    /// Go on although the database holds applied migrations this build does not know (by
+    /// default refused: this build is older than the database's migrations)
+    #[arg(long)]
+    pub(super) ignore_unknown: bool,
 }
 
 /// The lock's flags.

@@ -142,7 +142,7 @@ async fn run(cli: Cli, settings: Settings) -> Result<()> {
     let (client, db) = config.connect().await?;
     tracing::debug!(uri = %config.redacted_uri(), database = %config.database, "connected");
     let result = match cli.command {
-        Command::Status { json, watch } => commands::status(db, json, watch).await,
+        Command::Status { json, watch, check } => commands::status(db, json, watch, check).await,
         Command::Pause(args) => control::pause(db, args).await,
         Command::Throttle(args) => control::throttle(db, args).await,
         Command::Up(args) => commands::up(db, &config, args).await,

@@ -184,6 +184,17 @@ async fn migrated(tag: &str) -> common::TestDb {
     t
 }
 
+/// The names of the indexes on `collection`, sorted.
+async fn index_names(t: &common::TestDb, collection: &str) -> Vec<String> {
+    let mut names =
+        t.db.collection::<Document>(collection)
+            .list_index_names()
+            .await
+            .unwrap();
+    names.sort();
+    names
+}
+
 #[tokio::test]
 async fn up_rollback_and_baseline_refuse_an_applied_migration_this_build_does_not_know() {
     let t = migrated("unknownapplied").await;
@@ -297,4 +308,32 @@ async fn status_check_exits_5_on_failed_interrupted_or_drifted_migrations_and_0_
     // The JSON on stdout is whole whatever the verdict.
     let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(parsed.as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn rollback_refuses_a_corrupted_record_with_exit_5() {
+    let t = migrated("corruptrollback").await;
+    let indexes = index_names(&t, "users").await;
+    t.db.collection::<Document>("migrations")
+        .update_one(
+            doc! { "name": M003 },
+            doc! { "$set": { "status": 42, "history": "not an array" } },
+        )
+        .await
+        .unwrap();
+    let out = t.migrate(&["status"]);
+    assert!(text(&out).contains("malformed record"), "{}", text(&out));
+    for args in [&["rollback", "--yes"][..], &["rollback", "--dry-run"]] {
+        let out = t.migrate(args);
+        assert_eq!(out.status.code(), Some(5), "{args:?}: {}", text(&out));
+        let said = text(&out);
+        assert!(
+            said.contains(M003) && said.contains("malformed"),
+            "{args:?}: {said}"
+        );
+    }
+    // Nothing beneath it was reverted: 002's indexes and 001's record stand.
+    assert_eq!(index_names(&t, "users").await, indexes);
+    assert_eq!(t.status(M002).await, "completed");
+    assert_eq!(t.status(M001).await, "completed");
 }

@@ -356,9 +356,11 @@ pub fn rollback_targets(plan: Vec<MigrationStatus>, to: Option<u32>) -> Vec<Migr
     }
 }
 
-/// Refuses a rollback over applied migrations this build does not know, unless
-/// `--ignore-unknown`: it would revert what lies beneath them.
+/// Refuses a rollback over a record that cannot be read (the migration it belongs to may be
+/// applied, and reverting what lies beneath it would leave it over data it does not expect), and
+/// over applied migrations this build does not know, unless `--ignore-unknown`.
 pub fn check_rollback(plan: &[MigrationStatus], options: &RunOptions) -> Result<()> {
+    check_readable(plan)?;
     check_known(plan, options)
 }
 

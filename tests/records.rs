@@ -337,3 +337,51 @@ async fn rollback_refuses_a_corrupted_record_with_exit_5() {
     assert_eq!(t.status(M002).await, "completed");
     assert_eq!(t.status(M001).await, "completed");
 }
+
+#[tokio::test]
+async fn junk_records_without_a_name_are_explained_by_up_and_counted_by_status() {
+    let t = fresh_db("junknames").await;
+    let out = t.migrate(&["sample-data", "--users", "50"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let junk: Vec<Document> = (0..10_000)
+        .map(|i| match i % 2 {
+            0 => doc! { "name": null, "note": i },
+            _ => doc! { "note": i },
+        })
+        .collect();
+    t.db.collection::<Document>("migrations")
+        .insert_many(junk)
+        .await
+        .unwrap();
+
+    let out = t.migrate(&["status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let shown = text(&out);
+    assert!(
+        shown.contains("10000 record(s)") && shown.contains("have no name"),
+        "{shown}"
+    );
+    // One row per migration, not one per junk record.
+    assert!(shown.lines().count() < 10, "{shown}");
+
+    let out = t.migrate(&["up", "--no-progress"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("10000 record(s) without a name") && said.contains("deleteMany"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("DuplicateKey") && !said.contains("E11000"),
+        "{said}"
+    );
+    assert!(t.record(M001).await.is_none(), "nothing ran");
+
+    // Removed as the message says, `up` runs.
+    t.db.collection::<Document>("migrations")
+        .delete_many(doc! { "name": { "$not": { "$type": "string" } } })
+        .await
+        .unwrap();
+    let out = t.migrate(&["up", "--no-progress"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}

@@ -36,6 +36,14 @@ pub(super) async fn status(
             crate::engine::backfill::BEFORE_IMAGES
         ));
     }
+    let unnamed = runner.unnamed_records().await?;
+    if unnamed > 0 {
+        print_err(format!(
+            "warning: {unnamed} record(s) in `{}` have no name (null, missing or not a string); no migration run wrote them, so none is shown above, and more than one stops `up` (it needs a unique index on `name`). Remove them with `db.{}.deleteMany({{name: {{$not: {{$type: \"string\"}}}}}})` once sure they are junk\n",
+            crate::engine::store::TRACKING_COLLECTION,
+            crate::engine::store::TRACKING_COLLECTION,
+        ));
+    }
     if !check {
         return Ok(());
     }

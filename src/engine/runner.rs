@@ -106,6 +106,12 @@ impl MigrationRunner {
         Ok(plan)
     }
 
+    /// How many records of the tracking collection have no name: no run wrote them, and
+    /// they are left out of [`Self::status`].
+    pub async fn unnamed_records(&self) -> Result<u64> {
+        self.store.unnamed_records().await
+    }
+
     async fn plan(&self) -> Result<Vec<MigrationStatus>> {
         Ok(plan::plan(&self.migrations, self.store.load_all().await?))
     }

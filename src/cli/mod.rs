@@ -21,7 +21,7 @@ pub use args::Cli;
 use crate::engine::error::{Error, Result};
 use args::Command;
 use clap::parser::ValueSource;
-use clap::{CommandFactory, FromArgMatches};
+use clap::FromArgMatches;
 use config::Settings;
 use exit_codes::{exit, ProcessExitCode};
 use logging::print_err;
@@ -30,7 +30,7 @@ use std::time::Duration;
 
 /// Entry point of the binary: returns the process exit code.
 pub fn main() -> i32 {
-    let parsed = Cli::command()
+    let parsed = args::command()
         .try_get_matches()
         .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
     let (cli, matches) = match parsed {
@@ -57,7 +57,7 @@ pub fn main() -> i32 {
     if let Command::Completions { shell } = cli.command {
         // Into a buffer first: the generator panics on a closed pipe (`| head`).
         let mut script = Vec::new();
-        clap_complete::generate(shell, &mut Cli::command(), "migrate", &mut script);
+        clap_complete::generate(shell, &mut args::command(), "migrate", &mut script);
         return match std::io::Write::write_all(&mut std::io::stdout(), &script) {
             Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
                 print_err(format!("error: cannot write the completion script: {e}\n"));
@@ -103,7 +103,9 @@ fn settings_and_logging(cli: &Cli, matches: &clap::ArgMatches) -> Result<Setting
         uri: cli.global.uri.clone(),
         database: cli.global.database.clone(),
         env_file: Some(cli.global.env_file.clone()),
-        log_dir: cli.global.log_dir.clone(),
+        // The default stands only when neither the environment nor the env file names one.
+        log_dir: (matches.value_source("log_dir") != Some(ValueSource::DefaultValue))
+            .then(|| cli.global.log_dir.clone()),
         connect_timeout: Some(Duration::from_secs(cli.global.connect_timeout)),
     };
     // A file named with --env-file must be there; the default `.env` (or MIGRATE_ENV_FILE) may

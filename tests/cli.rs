@@ -167,6 +167,34 @@ async fn out_of_range_numbers_are_refused_with_the_range_in_words() {
 }
 
 #[tokio::test]
+async fn fail_on_invalid_names_the_reasons_in_words() {
+    let t = fresh_db("invalidreasons").await;
+    let out = t.migrate(&["sample-data", "--users", "200", "--invalid", "20"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = t.migrate(&["up", "--no-progress", "--fail-on-invalid"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("--fail-on-invalid is set"), "{said}");
+    // Each reason with its count, in words: `(string 4, negative 4, ...)`.
+    let reasons = said
+        .split_once("cannot be migrated (")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(reasons, _)| reasons)
+        .unwrap_or_default();
+    assert!(reasons.contains("string"), "{said}");
+    for reason in reasons.split(", ") {
+        let (word, count) = reason.rsplit_once(' ').unwrap_or_default();
+        assert!(
+            !word.is_empty() && count.parse::<u64>().is_ok(),
+            "{reason:?} in {said}"
+        );
+    }
+    for debug_form in ["Document(", "Int64(", "Some("] {
+        assert!(!said.contains(debug_form), "{debug_form}: {said}");
+    }
+}
+
+#[tokio::test]
 async fn up_status_and_rollback_work_end_to_end() {
     let t = fresh_db("e2e").await;
     users(&t, 30).await;

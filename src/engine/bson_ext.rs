@@ -1,4 +1,4 @@
-//! The two BSON idioms every part of the engine repeats.
+//! The BSON idioms every part of the engine repeats.
 
 use mongodb::bson::{Bson, Document};
 
@@ -11,6 +11,31 @@ pub fn as_int(value: &Bson) -> Option<i64> {
 /// `d[key]` as an integer (see [`as_int`]), 0 when absent or not an integer.
 pub fn int_field(d: &Document, key: &str) -> i64 {
     d.get(key).and_then(as_int).unwrap_or(0)
+}
+
+/// A value (an `_id`, most often) as an operator reads it in a log line or a message: an
+/// ObjectId as its hex digits, a string in quotes, a number as itself, anything else as relaxed
+/// extended JSON; `none` when there is none (no batch written yet). Never Rust's `Debug` form
+/// (`Some(ObjectId("..."))`).
+pub fn show(value: Option<&Bson>) -> String {
+    match value {
+        None => "none".into(),
+        Some(Bson::ObjectId(id)) => id.to_hex(),
+        Some(Bson::String(s)) => format!("{s:?}"),
+        Some(Bson::Int32(n)) => n.to_string(),
+        Some(Bson::Int64(n)) => n.to_string(),
+        Some(Bson::Double(n)) => n.to_string(),
+        Some(other) => other.clone().into_relaxed_extjson().to_string(),
+    }
+}
+
+/// The counts of a document of `{reason: count}` as `string 1, negative 2`.
+pub fn show_counts(counts: &Document) -> String {
+    counts
+        .iter()
+        .map(|(k, v)| format!("{k} {}", as_int(v).unwrap_or(0)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The argument of `$unset` for `fields`: `{field: "", ...}` (the value is ignored).

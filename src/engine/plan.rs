@@ -433,10 +433,10 @@ pub fn owns_before_images(plan: &[MigrationStatus], name: &str) -> bool {
 /// `last _id 123 (4000 scanned, 3990 modified)` for messages.
 pub fn describe_checkpoint(cp: &Document) -> String {
     let n = |k: &str| int_field(cp, k);
-    let last = cp
-        .get("lastId")
-        .map(|v| v.to_string())
-        .unwrap_or_else(|| "-".into());
+    let last = match cp.get("lastId") {
+        None => "-".into(),
+        id => crate::engine::bson_ext::show(id),
+    };
     format!(
         "last _id {last} ({} scanned, {} modified)",
         n("scanned"),

@@ -246,10 +246,10 @@ pub(super) fn invalid_refusal(spec: &Backfill, migration: &str, stats: &Stats) -
     Error::migration(
         migration,
         format!(
-            "invalid data and --fail-on-invalid is set: {} document(s) in {} cannot be migrated ({:?}), e.g. {}. Fix them, or run without --fail-on-invalid to skip and report them",
+            "invalid data and --fail-on-invalid is set: {} document(s) in {} cannot be migrated ({}), e.g. {}. Fix them, or run without --fail-on-invalid to skip and report them",
             stats.invalid,
             spec.collection,
-            stats.invalid_reasons,
+            crate::engine::bson_ext::show_counts(&stats.invalid_reasons),
             Bson::Array(stats.invalid_samples.clone()).into_relaxed_extjson()
         ),
     )

@@ -291,6 +291,13 @@ async fn status_check_exits_5_on_failed_interrupted_or_drifted_migrations_and_0_
                 .unwrap();
         }
     };
+    let checksum = t
+        .record(M001)
+        .await
+        .unwrap()
+        .get_str("checksum")
+        .unwrap()
+        .to_string();
     set(M001, doc! { "checksum": "not today's source" }).await;
     set(M002, doc! { "status": "failed", "error": "boom" }).await;
     // Recorded running, and no run holds the lock: interrupted.
@@ -308,6 +315,20 @@ async fn status_check_exits_5_on_failed_interrupted_or_drifted_migrations_and_0_
     // The JSON on stdout is whole whatever the verdict.
     let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(parsed.as_array().unwrap().len(), 3);
+
+    // A rollback recorded in progress with no run holding the lock was interrupted.
+    set(M001, doc! { "checksum": checksum }).await;
+    set(M002, doc! { "status": "completed" }).await;
+    set(M003, doc! { "status": "rolling_back" }).await;
+    let out = t.migrate(&["status", "--check"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&format!(
+            "1 migration(s) need an operator: {M003} (rollback interrupted)"
+        )),
+        "{said}"
+    );
 }
 
 #[tokio::test]

@@ -45,3 +45,23 @@ pub fn unset<S: AsRef<str>>(fields: impl IntoIterator<Item = S>) -> Document {
         .map(|f| (f.as_ref().to_string(), Bson::String(String::new())))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::bson::{doc, oid::ObjectId};
+
+    #[test]
+    fn values_read_as_an_operator_writes_them() {
+        let id = ObjectId::parse_str("65000000756e9500000000c8").unwrap();
+        assert_eq!(show(Some(&Bson::ObjectId(id))), "65000000756e9500000000c8");
+        assert_eq!(show(Some(&Bson::String("u9".into()))), "\"u9\"");
+        assert_eq!(show(Some(&Bson::Int64(7))), "7");
+        assert_eq!(show(Some(&Bson::Document(doc! { "k": 1 }))), r#"{"k":1}"#);
+        assert_eq!(show(None), "none");
+        assert_eq!(
+            show_counts(&doc! { "string": 1_i64, "negative": 2 }),
+            "string 1, negative 2"
+        );
+    }
+}

@@ -299,3 +299,23 @@ fn simulate(before: &Document, ops: &Document) -> Document {
     }
     after
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_update_names_the_fields_it_sets_and_those_its_expression_reads() {
+        let pipeline = ServerUpdateKind::Pipeline(vec![doc! { "$set": {
+            "net": { "$subtract": ["$amount", "$fee"] },
+            "at": "$$NOW",
+        } }]);
+        assert_eq!(fields_set(&pipeline), ["net", "at"]);
+        assert_eq!(fields_read(&pipeline), ["amount", "fee"]);
+        let operators = ServerUpdateKind::Operators(
+            doc! { "$set": { "tier": "free" }, "$unset": { "old": "" } },
+        );
+        assert_eq!(fields_set(&operators), ["tier", "old"]);
+        assert!(fields_read(&operators).is_empty());
+    }
+}

@@ -208,6 +208,35 @@ async fn a_field_backfill_fails_its_post_condition_when_a_document_still_lacks_a
     );
 }
 
+#[tokio::test]
+async fn a_field_backfill_whose_expression_fails_names_the_first_failing_id_and_the_field() {
+    let t = fresh_db("fields_failing").await;
+    let users: Vec<Document> = (1..=300)
+        .map(|i| match i {
+            // Two documents the expression cannot compute for: a string fee.
+            120 | 250 => doc! { "_id": i, "amount": 500, "fee": "1.50" },
+            _ => doc! { "_id": i, "amount": 500, "fee": i % 7 },
+        })
+        .collect();
+    t.db.collection::<Document>("users")
+        .insert_many(users)
+        .await
+        .unwrap();
+    let migration = FieldBackfill::new("users", "net amounts")
+        .compute("net", doc! { "$subtract": ["$amount", "$fee"] });
+    let err = runner(&t, one("001_net_amounts", Arc::new(migration)))
+        .run_pending()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("001_net_amounts"), "{err}");
+    assert!(err.contains("field net"), "{err}");
+    assert!(err.contains("_id 120"), "{err}");
+    assert!(err.contains(".only("), "{err}");
+    assert!(err.contains("type"), "{err}");
+    assert!(!err.contains("statement"), "{err}");
+}
+
 /// A hand-written migration with a `down` and no `reversible()` override.
 struct DownOnly;
 

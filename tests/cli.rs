@@ -102,6 +102,99 @@ async fn help_of_every_command_lists_its_flags() {
 }
 
 #[tokio::test]
+async fn help_lists_global_options_apart_and_offline_commands_without_them() {
+    let t = fresh_db("helpheadings").await;
+    let out = t.migrate(&["up", "--help"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let help = text(&out);
+    let heading = help.find("Global options:").expect("a heading of its own");
+    // The command's own flags first, the global ones after the heading.
+    assert!(help.find("--dry-run").unwrap() < heading, "{help}");
+    for global in [
+        "--uri",
+        "--db",
+        "--connect-timeout",
+        "--log-dir",
+        "--env-file",
+    ] {
+        assert!(help.find(global).unwrap() > heading, "{global}: {help}");
+    }
+    assert!(help.contains("[default: logs]"), "{help}");
+
+    for offline in ["new", "completions"] {
+        let out = t.migrate(&[offline, "--help"]);
+        assert!(out.status.success(), "{offline}: {}", text(&out));
+        let help = text(&out);
+        for ignored in [
+            "--uri",
+            "--db",
+            "--connect-timeout",
+            "--log-dir",
+            "Global options",
+        ] {
+            assert!(
+                !help.contains(ignored),
+                "{offline} lists {ignored}:\n{help}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn out_of_range_numbers_are_refused_with_the_range_in_words() {
+    let t = fresh_db("ranges").await;
+    for (args, range) in [
+        (
+            &["pause", "--timeout", "0"][..],
+            "a whole number of seconds, 1 or more",
+        ),
+        (
+            &["status", "--connect-timeout", "0"],
+            "a whole number of seconds, 1 or more",
+        ),
+        (
+            &["up", "--lock-lease", "2"],
+            "a whole number of seconds from 5 to 3600",
+        ),
+        (&["up", "--concurrency", "65"], "from 1 to 64"),
+    ] {
+        let out = t.migrate(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        let said = text(&out);
+        assert!(said.contains(range), "{args:?}: {said}");
+        assert!(!said.contains("18446744073709551615"), "{args:?}: {said}");
+    }
+}
+
+#[tokio::test]
+async fn fail_on_invalid_names_the_reasons_in_words() {
+    let t = fresh_db("invalidreasons").await;
+    let out = t.migrate(&["sample-data", "--users", "200", "--invalid", "20"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = t.migrate(&["up", "--no-progress", "--fail-on-invalid"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("--fail-on-invalid is set"), "{said}");
+    // Each reason with its count, in words: `(string 4, negative 4, ...)`.
+    let reasons = said
+        .split_once("cannot be migrated (")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(reasons, _)| reasons)
+        .unwrap_or_default();
+    assert!(reasons.contains("string"), "{said}");
+    for reason in reasons.split(", ") {
+        let (word, count) = reason.rsplit_once(' ').unwrap_or_default();
+        assert!(
+            !word.is_empty() && count.parse::<u64>().is_ok(),
+            "{reason:?} in {said}"
+        );
+    }
+    for debug_form in ["Document(", "Int64(", "Some("] {
+        assert!(!said.contains(debug_form), "{debug_form}: {said}");
+    }
+}
+
+#[tokio::test]
 async fn up_status_and_rollback_work_end_to_end() {
     let t = fresh_db("e2e").await;
     users(&t, 30).await;

@@ -14,7 +14,10 @@ pub struct Cli {
     pub(super) command: Command,
 }
 
+/// The options every command takes, listed under their own heading so that each command's help
+/// starts with what is its own.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
 pub(super) struct GlobalArgs {
     /// MongoDB connection string; the database may be its path (mongodb://host:27017/lms)
     #[arg(long, env = "MONGODB_URI", global = true, hide_env_values = true)]
@@ -24,13 +27,19 @@ pub(super) struct GlobalArgs {
     pub(super) database: Option<String>,
     /// File of KEY=value defaults read after flags and the environment (must exist when named
     /// with this flag)
-    #[arg(long, env = "MIGRATE_ENV_FILE", global = true, default_value = ".env")]
+    #[arg(
+        long,
+        env = "MIGRATE_ENV_FILE",
+        global = true,
+        value_name = "FILE",
+        default_value = ".env"
+    )]
     pub(super) env_file: PathBuf,
-    /// Directory of migration.log
-    #[arg(long, env = "MIGRATE_LOG_DIR", global = true)]
-    pub(super) log_dir: Option<PathBuf>,
+    /// Directory of migration.log (also MIGRATE_LOG_DIR in the --env-file)
+    #[arg(long, env = "MIGRATE_LOG_DIR", global = true, value_name = "DIR", default_value = super::config::DEFAULT_LOG_DIR)]
+    pub(super) log_dir: PathBuf,
     /// Seconds to wait for the server before failing
-    #[arg(long, global = true, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 5, value_parser = whole(1, None, "seconds"))]
     pub(super) connect_timeout: u64,
     /// More output on stderr (repeat for more); RUST_LOG overrides
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -54,6 +63,11 @@ pub(super) enum Command {
         /// Refresh every 2 s until no migration is running
         #[arg(long)]
         watch: bool,
+        /// For scripts and health checks: exit 5 when a migration needs an operator (applied
+        /// but unknown to this build, failed, interrupted, changed since applied, or its record
+        /// unreadable), naming each on stderr; 0 otherwise (pending ones are fine)
+        #[arg(long, conflicts_with = "watch")]
+        check: bool,
     },
     /// Ask the run holding the lock, on any host, to stop as Ctrl-C does (finish the batches in
     /// flight, save the checkpoint, release the lock, exit 130), and wait until it has
@@ -93,6 +107,10 @@ pub(super) struct RunLockArgs {
     /// accepts the change for good)
     #[arg(long)]
     pub(super) allow_drift: bool,
+    /// Go on although the database holds applied migrations this build does not know (by
+    /// default refused: this build is older than the database's migrations)
+    #[arg(long)]
+    pub(super) ignore_unknown: bool,
 }
 
 /// The lock's flags.
@@ -105,14 +123,14 @@ pub(super) struct LockArgs {
     #[arg(long, requires = "wait", value_name = "SECS")]
     pub(super) wait_timeout: Option<u64>,
     /// Lock lease in seconds (5 to 3600): a run that stops renewing it loses the lock after this
-    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = clap::value_parser!(u64).range(crate::engine::lock::MIN_LEASE.as_secs()..=crate::engine::lock::MAX_LEASE.as_secs()))]
+    #[arg(long, default_value_t = 60, value_name = "SECS", value_parser = whole(crate::engine::lock::MIN_LEASE.as_secs(), Some(crate::engine::lock::MAX_LEASE.as_secs()), "seconds"))]
     pub(super) lock_lease: u64,
 }
 
 #[derive(Debug, Args)]
 pub(super) struct PauseArgs {
     /// Give up waiting for the holder to stop after this many seconds (exit 4)
-    #[arg(long, default_value_t = 300, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 300, value_name = "SECS", value_parser = whole(1, None, "seconds"))]
     pub(super) timeout: u64,
 }
 
@@ -147,7 +165,7 @@ pub(super) struct UpArgs {
     #[arg(long, value_name = "N|auto", default_value = "auto")]
     pub(super) batch_size: crate::engine::control::BatchSize,
     /// With --batch-size auto, how long each batch's write should take, in milliseconds
-    #[arg(long, value_name = "MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    #[arg(long, value_name = "MS", default_value_t = 500, value_parser = whole(10, Some(60_000), "milliseconds"))]
     pub(super) target_batch_ms: u64,
     /// Hold dispatch while a secondary lags the primary by more than this many seconds
     /// (replSetGetStatus), or while flow control reports the majority lagging; 0 turns it off.
@@ -155,7 +173,7 @@ pub(super) struct UpArgs {
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     pub(super) max_replication_lag: u64,
     /// Batches in flight at once
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    #[arg(long, default_value_t = 4, value_parser = whole(1, Some(64), "batches"))]
     pub(super) concurrency: u64,
     /// Throttle: at most this many documents per second (default: unthrottled)
     #[arg(long, value_name = "N", value_parser = parse_rate)]
@@ -256,6 +274,43 @@ pub(super) struct SampleArgs {
     /// Drop users, withdrawals and the tracking collections first
     #[arg(long)]
     pub(super) drop: bool,
+}
+
+/// A whole number from `min` to `max` (or `min` and up) of `unit`, its range said in words when
+/// refused: clap's own ranges read `0 is not in 1..18446744073709551615`.
+fn whole(
+    min: u64,
+    max: Option<u64>,
+    unit: &'static str,
+) -> impl Fn(&str) -> std::result::Result<u64, String> + Clone + Send + Sync + 'static {
+    move |s: &str| {
+        let range = match max {
+            Some(max) => format!("a whole number of {unit} from {min} to {max}"),
+            None => format!("a whole number of {unit}, {min} or more"),
+        };
+        match s.trim().parse::<u64>() {
+            Ok(n) if n >= min && max.is_none_or(|max| n <= max) => Ok(n),
+            _ => Err(format!("expected {range}")),
+        }
+    }
+}
+
+/// The command line, built, with the options `new` and `completions` ignore hidden from their
+/// help and completions: neither connects, reads settings or logs.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    // clap copies each global option into every subcommand that has none of that id when it
+    // builds the command: a hidden copy placed there first is kept instead.
+    let hidden: Vec<clap::Arg> = cmd
+        .get_arguments()
+        .filter(|a| a.is_global_set())
+        .map(|a| a.clone().hide(true))
+        .collect();
+    for offline in ["new", "completions"] {
+        cmd = cmd.mut_subcommand(offline, |sub| sub.args(hidden.clone()));
+    }
+    cmd
 }
 
 fn parse_rate(s: &str) -> std::result::Result<f64, String> {

@@ -18,7 +18,13 @@ use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub(super) async fn status(runner: MigrationRunner, json: bool, watch: bool) -> Result<()> {
+pub(super) async fn status(
+    db: mongodb::Database,
+    runner: MigrationRunner,
+    json: bool,
+    watch: bool,
+    check: bool,
+) -> Result<()> {
     if watch {
         return super::live::watch(&runner, json).await;
     }
@@ -30,12 +36,68 @@ pub(super) async fn status(runner: MigrationRunner, json: bool, watch: bool) -> 
             crate::engine::backfill::BEFORE_IMAGES
         ));
     }
-    Ok(())
+    let unnamed = runner.unnamed_records().await?;
+    if unnamed > 0 {
+        print_err(format!(
+            "warning: {unnamed} record(s) in `{}` have no name (null, missing or not a string); no migration run wrote them, so none is shown above, and more than one stops `up` (it needs a unique index on `name`). Remove them with `db.{}.deleteMany({{name: {{$not: {{$type: \"string\"}}}}}})` once sure they are junk\n",
+            crate::engine::store::TRACKING_COLLECTION,
+            crate::engine::store::TRACKING_COLLECTION,
+        ));
+    }
+    if !check {
+        return Ok(());
+    }
+    let attention = needing_attention(&db, &status).await?;
+    if attention.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Refused(format!(
+        "status --check: {} migration(s) need an operator: {}",
+        attention.len(),
+        attention.join("; ")
+    )))
+}
+
+/// What `status --check` fails on: every migration an operator has to act on, as `name (why)`.
+/// A rollback in progress counts only once no live run holds the lock (it was interrupted).
+async fn needing_attention(
+    db: &mongodb::Database,
+    status: &[crate::engine::runner::MigrationStatus],
+) -> Result<Vec<String>> {
+    let unknown: Vec<&str> = crate::engine::plan::unknown_applied(status)
+        .map(|m| m.name.as_str())
+        .collect();
+    let rollback_live = match crate::engine::control::current_lock(db).await? {
+        Some(lock) if status.iter().any(|m| m.state == State::RollingBack) => {
+            let now = crate::engine::liveness::server_now(db).await;
+            let me = crate::engine::store::Actor::current();
+            crate::engine::liveness::holder_alive(&lock, now, &me)
+        }
+        _ => false,
+    };
+    Ok(status
+        .iter()
+        .filter_map(|m| {
+            let why = match m.state {
+                State::Unknown if unknown.contains(&m.name.as_str()) => {
+                    "applied, unknown to this build"
+                }
+                State::Failed => "failed",
+                State::Interrupted => "interrupted",
+                State::RollingBack if !rollback_live => "rollback interrupted",
+                State::Changed => "changed since applied",
+                State::Malformed | State::UnknownStatus => "record unreadable",
+                _ => return None,
+            };
+            Some(format!("{} ({why})", m.name))
+        })
+        .collect())
 }
 
 fn lock_options(options: &mut RunOptions, lock: &RunLockArgs) {
     wait_options(options, &lock.lock);
     options.allow_drift = lock.allow_drift;
+    options.ignore_unknown = lock.ignore_unknown;
 }
 
 fn wait_options(options: &mut RunOptions, lock: &LockArgs) {

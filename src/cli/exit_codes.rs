@@ -16,15 +16,16 @@ pub mod exit {
     pub const CONFIG: i32 = 3;
     /// Another runner holds the lock.
     pub const LOCKED: i32 = 4;
-    /// Refused to act on the current state (drift, interrupted run needing `--resume`, no `down`,
-    /// unconfirmed rollback): nothing was changed.
+    /// Refused to act on the current state (drift, interrupted run needing `--resume`, applied
+    /// migrations this build does not know, an unreadable record, no `down`, unconfirmed
+    /// rollback): nothing was changed. Also `status --check` finding something to act on.
     pub const REFUSED: i32 = 5;
     /// Interrupted by Ctrl-C / SIGTERM; the checkpoint is saved.
     pub const INTERRUPTED: i32 = 130;
 }
 
 /// The codes in one line, for `--help`.
-pub(super) const SUMMARY: &str = "Exit codes: 0 success, 1 migration failed, 2 usage error, 3 configuration or connection error, 4 lock held by another run (or a paused run not stopped in time), 5 refused (drift, interrupted migration, no down, not confirmed), 130 interrupted or paused (checkpoint saved).";
+pub(super) const SUMMARY: &str = "Exit codes: 0 success, 1 migration failed, 2 usage error, 3 configuration or connection error, 4 lock held by another run (or a paused run not stopped in time), 5 refused (drift, interrupted migration, applied migrations unknown to this build, unreadable record, no down, not confirmed) or, for `status --check`, a migration needs an operator, 130 interrupted or paused (checkpoint saved).";
 
 /// The process exit code an error ends the binary with.
 pub trait ProcessExitCode {

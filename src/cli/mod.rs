@@ -21,7 +21,7 @@ pub use args::Cli;
 use crate::engine::error::{Error, Result};
 use args::Command;
 use clap::parser::ValueSource;
-use clap::{CommandFactory, FromArgMatches};
+use clap::FromArgMatches;
 use config::Settings;
 use exit_codes::{exit, ProcessExitCode};
 use logging::print_err;
@@ -50,7 +50,7 @@ pub fn main() -> i32 {
 #[allow(clippy::needless_doctest_main)]
 pub fn run(migrations: Vec<crate::engine::registry::Registered>) -> i32 {
     args::set_known(&migrations);
-    let parsed = Cli::command()
+    let parsed = args::command()
         .try_get_matches()
         .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
     let (cli, matches) = match parsed {
@@ -77,7 +77,7 @@ pub fn run(migrations: Vec<crate::engine::registry::Registered>) -> i32 {
     if let Command::Completions { shell } = cli.command {
         // Into a buffer first: the generator panics on a closed pipe (`| head`).
         let mut script = Vec::new();
-        clap_complete::generate(shell, &mut Cli::command(), "migrate", &mut script);
+        clap_complete::generate(shell, &mut args::command(), "migrate", &mut script);
         return match std::io::Write::write_all(&mut std::io::stdout(), &script) {
             Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
                 print_err(format!("error: cannot write the completion script: {e}\n"));
@@ -123,7 +123,9 @@ fn settings_and_logging(cli: &Cli, matches: &clap::ArgMatches) -> Result<Setting
         uri: cli.global.uri.clone(),
         database: cli.global.database.clone(),
         env_file: Some(cli.global.env_file.clone()),
-        log_dir: cli.global.log_dir.clone(),
+        // The default stands only when neither the environment nor the env file names one.
+        log_dir: (matches.value_source("log_dir") != Some(ValueSource::DefaultValue))
+            .then(|| cli.global.log_dir.clone()),
         connect_timeout: Some(Duration::from_secs(cli.global.connect_timeout)),
     };
     // A file named with --env-file must be there; the default `.env` (or MIGRATE_ENV_FILE) may
@@ -167,7 +169,9 @@ async fn dispatch(
     tracing::debug!(uri = %config.redacted_uri(), database = %config.database, "connected");
     let runner = || crate::engine::runner::MigrationRunner::with_migrations(db.clone(), migrations);
     let result = match cli.command {
-        Command::Status { json, watch } => commands::status(runner(), json, watch).await,
+        Command::Status { json, watch, check } => {
+            commands::status(db.clone(), runner(), json, watch, check).await
+        }
         Command::Pause(args) => control::pause(db, args).await,
         Command::Throttle(args) => control::throttle(db, args).await,
         Command::Up(args) => commands::up(runner(), &config, args).await,

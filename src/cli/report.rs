@@ -198,6 +198,15 @@ pub(super) fn print_status(status: &[MigrationStatus], json: bool) {
                 "status {:?} is not one this build knows: `up` refuses until the record is fixed or removed",
                 record.map(|r| r.status.as_str()).unwrap_or("?")
             ),
+            State::Unknown => match record.map(|r| &r.status) {
+                Some(crate::engine::store::RecordStatus::RolledBack) => {
+                    "rolled back; not in this build".to_string()
+                }
+                status => format!(
+                    "applied ({}) but not in this build, which is older than the database's migrations: `up`, `rollback` and `baseline` refuse without --ignore-unknown",
+                    status.map(|s| s.as_str()).unwrap_or("?")
+                ),
+            },
             State::Malformed => format!(
                 "cannot be read ({}): `up` refuses until the record is fixed or removed",
                 record.and_then(|r| r.error.clone()).unwrap_or_default()

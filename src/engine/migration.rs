@@ -92,6 +92,8 @@ pub struct RunOptions {
     pub restart: bool,
     /// Run even though an applied migration's source changed.
     pub allow_drift: bool,
+    /// Run even though the database holds applied migrations this build does not know.
+    pub ignore_unknown: bool,
     /// Wait for the lock instead of failing (None: don't wait; Some(None): forever).
     pub wait_for_lock: Option<Option<Duration>>,
     /// Lock lease; a holder that stops renewing loses the lock after this.
@@ -125,6 +127,7 @@ impl Default for RunOptions {
             resume: false,
             restart: false,
             allow_drift: false,
+            ignore_unknown: false,
             wait_for_lock: None,
             lock_lease: Duration::from_secs(60),
             progress: true,

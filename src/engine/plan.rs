@@ -213,12 +213,8 @@ pub fn check_runnable(
             )));
         }
     }
-    if let Some(m) = plan
-        .iter()
-        .find(|m| matches!(m.state, State::UnknownStatus | State::Malformed))
-    {
-        return Err(unreadable_record(m));
-    }
+    check_readable(plan)?;
+    check_known(plan, options)?;
     let changed: Vec<&str> = plan
         .iter()
         .filter(|m| m.state == State::Changed)
@@ -252,7 +248,55 @@ pub fn check_runnable(
     Ok(())
 }
 
-/// Why a record with an unknown status, or one that cannot be read, stops `up`.
+/// Refuses while a migration's record has a status this build does not know or cannot be read:
+/// its state is unknown, so neither what `up` would run nor what `rollback` would revert
+/// beneath it can be decided.
+pub fn check_readable(plan: &[MigrationStatus]) -> Result<()> {
+    match plan
+        .iter()
+        .find(|m| matches!(m.state, State::UnknownStatus | State::Malformed))
+    {
+        Some(m) => Err(unreadable_record(m)),
+        None => Ok(()),
+    }
+}
+
+/// The records of migrations this build does not have that are applied, or applied part-way
+/// (anything but rolled back): written by a newer build, or by other tooling.
+pub fn unknown_applied(plan: &[MigrationStatus]) -> impl Iterator<Item = &MigrationStatus> + '_ {
+    plan.iter().filter(|m| {
+        m.state == State::Unknown
+            && m.record
+                .as_ref()
+                .is_some_and(|r| r.status != RecordStatus::RolledBack)
+    })
+}
+
+/// Refuses, unless `--ignore-unknown`, when the database holds applied migrations this build
+/// does not know: running `up` over them would claim a schema they may have changed, and a
+/// rollback would revert what lies beneath them.
+pub fn check_known(plan: &[MigrationStatus], options: &RunOptions) -> Result<()> {
+    if options.ignore_unknown {
+        return Ok(());
+    }
+    let unknown: Vec<String> = unknown_applied(plan)
+        .map(|m| {
+            let status = m.record.as_ref().map(|r| r.status.as_str()).unwrap_or("?");
+            format!("{} ({status})", m.name)
+        })
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Refused(format!(
+        "the database holds {} applied migration(s) this build does not know: {}; this build is older than the database's migrations. Run a build that has them, or pass --ignore-unknown to go on knowingly; nothing was changed",
+        unknown.len(),
+        unknown.join(", ")
+    )))
+}
+
+/// Why a record with an unknown status, or one that cannot be read, stops `up`, `rollback` and
+/// `baseline`.
 fn unreadable_record(m: &MigrationStatus) -> Error {
     let record = m.record.as_ref();
     let what = match m.state {
@@ -266,7 +310,7 @@ fn unreadable_record(m: &MigrationStatus) -> Error {
         ),
     };
     Error::Refused(format!(
-        "migration {}: {what}; nothing was run. Fix the record in the `{TRACKING_COLLECTION}` collection (set `status` to \"failed\" to run it again, or \"completed\" if it is applied), or remove it",
+        "migration {}: {what}; nothing was changed. Fix the record in the `{TRACKING_COLLECTION}` collection (set `status` to \"failed\" to run it again, or \"completed\" if it is applied), or remove it",
         m.name,
     ))
 }
@@ -312,6 +356,14 @@ pub fn rollback_targets(plan: Vec<MigrationStatus>, to: Option<u32>) -> Vec<Migr
     }
 }
 
+/// Refuses a rollback over a record that cannot be read (the migration it belongs to may be
+/// applied, and reverting what lies beneath it would leave it over data it does not expect), and
+/// over applied migrations this build does not know, unless `--ignore-unknown`.
+pub fn check_rollback(plan: &[MigrationStatus], options: &RunOptions) -> Result<()> {
+    check_readable(plan)?;
+    check_known(plan, options)
+}
+
 /// Why `rollback` (with `--to`, when given) has nothing to revert.
 pub fn nothing_to_roll_back(to: Option<u32>) -> String {
     match to {
@@ -324,12 +376,7 @@ pub fn nothing_to_roll_back(to: Option<u32>) -> String {
 /// Refused, with nothing marked, when one of them is interrupted or its rollback is, since
 /// its partial writes would then be recorded as a whole migration.
 pub fn baseline_targets(plan: &[MigrationStatus], to: u32) -> Result<Vec<&MigrationStatus>> {
-    if let Some(m) = plan
-        .iter()
-        .find(|m| matches!(m.state, State::UnknownStatus | State::Malformed))
-    {
-        return Err(unreadable_record(m));
-    }
+    check_readable(plan)?;
     let mut targets = Vec::new();
     for m in plan.iter().filter(|m| m.number != 0 && m.number <= to) {
         match m.state {
@@ -386,10 +433,10 @@ pub fn owns_before_images(plan: &[MigrationStatus], name: &str) -> bool {
 /// `last _id 123 (4000 scanned, 3990 modified)` for messages.
 pub fn describe_checkpoint(cp: &Document) -> String {
     let n = |k: &str| int_field(cp, k);
-    let last = cp
-        .get("lastId")
-        .map(|v| v.to_string())
-        .unwrap_or_else(|| "-".into());
+    let last = match cp.get("lastId") {
+        None => "-".into(),
+        id => crate::engine::bson_ext::show(id),
+    };
     format!(
         "last _id {last} ({} scanned, {} modified)",
         n("scanned"),

@@ -338,3 +338,43 @@ fn baseline_marks_what_is_not_applied_and_refuses_interrupted_ones() {
     );
     assert!(baseline_targets(&interrupted, 1).is_ok());
 }
+
+#[test]
+fn applied_migrations_this_build_does_not_know_are_refused_unless_ignored() {
+    let mut applied = record("004_newer", "completed");
+    applied.checksum = "other".into();
+    let planned = plan(&three(), vec![applied.clone()]);
+    let err = check_runnable(&three(), &planned, &RunOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("004_newer (completed)"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("this build is older than the database's migrations"),
+        "{err}"
+    );
+    let err = check_rollback(&planned, &RunOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("004_newer"), "{err}");
+    let ignoring = RunOptions {
+        ignore_unknown: true,
+        ..RunOptions::default()
+    };
+    assert!(check_runnable(&three(), &planned, &ignoring).is_ok());
+    assert!(check_rollback(&planned, &ignoring).is_ok());
+
+    // Rolled back by the newer build: nothing of it is applied.
+    let planned = plan(&three(), vec![record("004_newer", "rolled_back")]);
+    assert!(check_runnable(&three(), &planned, &RunOptions::default()).is_ok());
+}
+
+#[test]
+fn a_rollback_over_an_unreadable_record_is_refused_even_when_ignoring_unknown_ones() {
+    let mut malformed = record("003_c", "<malformed>");
+    malformed.error = Some("invalid type: integer `42`".into());
+    let planned = plan(&three(), vec![record("002_b", "completed"), malformed]);
+    let ignoring = RunOptions {
+        ignore_unknown: true,
+        ..RunOptions::default()
+    };
+    let err = check_rollback(&planned, &ignoring).unwrap_err();
+    assert!(err.to_string().contains("003_c"), "{err}");
+    assert!(err.to_string().contains("malformed"), "{err}");
+}

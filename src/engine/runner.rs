@@ -106,6 +106,12 @@ impl MigrationRunner {
         Ok(plan)
     }
 
+    /// How many records of the tracking collection have no name: no run wrote them, and
+    /// they are left out of [`Self::status`].
+    pub async fn unnamed_records(&self) -> Result<u64> {
+        self.store.unnamed_records().await
+    }
+
     async fn plan(&self) -> Result<Vec<MigrationStatus>> {
         Ok(plan::plan(&self.migrations, self.store.load_all().await?))
     }
@@ -249,8 +255,11 @@ impl MigrationRunner {
     }
 
     /// What `rollback_to(to)` would revert, newest first.
+    /// Refused as the rollback itself is (see [`plan::check_rollback`]).
     pub async fn rollback_targets(&self, to: Option<u32>) -> Result<Vec<MigrationStatus>> {
-        Ok(plan::rollback_targets(self.plan().await?, to))
+        let plan = self.plan().await?;
+        plan::check_rollback(&plan, &self.options)?;
+        Ok(plan::rollback_targets(plan, to))
     }
 
     /// Migrations that left before-images behind although they are neither applied nor partly
@@ -283,7 +292,9 @@ impl MigrationRunner {
     }
 
     async fn rollback_locked(&self, to: Option<u32>) -> Result<Vec<Applied>> {
-        let (plan, _) = self.adopt(self.plan().await?).await?;
+        let plan = self.plan().await?;
+        plan::check_rollback(&plan, &self.options)?;
+        let (plan, _) = self.adopt(plan).await?;
         let targets = plan::rollback_targets(plan, to);
         if targets.is_empty() {
             return Err(Error::Refused(plan::nothing_to_roll_back(to)));

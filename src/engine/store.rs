@@ -112,7 +112,10 @@ impl Store {
         &self.actor
     }
 
-    /// Creates the unique index on `name` (idempotent).
+    /// Creates the unique index on `name` (idempotent). Records no run of this tool wrote
+    /// (without a name, or two with one name) stop the index from being built: refused, saying
+    /// which and how to remove them, since without the index two runs could record one
+    /// migration twice.
     pub async fn ensure_indexes(&self) -> Result<()> {
         let index = IndexModel::builder()
             .keys(doc! { "name": 1 })
@@ -123,11 +126,63 @@ impl Store {
                     .build(),
             )
             .build();
+        let result = self.coll.create_index(index).await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate_key(&e) => Err(self.duplicated_names().await?),
+            Err(e) => Err(Error::db("creating the unique index on migrations.name")(e)),
+        }
+    }
+
+    /// How many records have no name (`name` null, missing or not a string): no run wrote them,
+    /// and no migration reads them.
+    pub async fn unnamed_records(&self) -> Result<u64> {
         self.coll
-            .create_index(index)
+            .count_documents(unnamed())
             .await
-            .map(|_| ())
-            .map_err(Error::db("creating the unique index on migrations.name"))
+            .map_err(Error::db("counting the records without a name"))
+    }
+
+    /// Why the unique index on `name` cannot be built: the records without a name, and the
+    /// names recorded more than once.
+    async fn duplicated_names(&self) -> Result<Error> {
+        use futures::TryStreamExt;
+        let what = "looking for the records that stop the unique index on migrations.name";
+        let unnamed = self.unnamed_records().await?;
+        let twice: Vec<Document> = self
+            .coll
+            .aggregate(vec![
+                doc! { "$match": { "name": { "$type": "string" } } },
+                doc! { "$group": { "_id": "$name", "n": { "$sum": 1 } } },
+                doc! { "$match": { "n": { "$gt": 1 } } },
+                doc! { "$sort": { "_id": 1 } },
+                doc! { "$limit": 5 },
+            ])
+            .await
+            .map_err(Error::db(what))?
+            .try_collect()
+            .await
+            .map_err(Error::db(what))?;
+        let mut found = Vec::new();
+        if unnamed > 0 {
+            found.push(format!(
+                "{unnamed} record(s) without a name (`name` null, missing or not a string), which no migration run writes; look at them with `db.{TRACKING_COLLECTION}.find({UNNAMED_SHELL})` and, once sure they are junk, remove them with `db.{TRACKING_COLLECTION}.deleteMany({UNNAMED_SHELL})`"
+            ));
+        }
+        for d in &twice {
+            found.push(format!(
+                "{} records named {}; keep the one that tells its state and delete the others",
+                crate::engine::backfill::int(d, "n"),
+                d.get("_id").cloned().unwrap_or(Bson::Null)
+            ));
+        }
+        if found.is_empty() {
+            found.push("a record was written twice meanwhile; run the command again".into());
+        }
+        Ok(Error::Refused(format!(
+            "the `{TRACKING_COLLECTION}` collection holds records that stop its unique index on `name` from being built: {}. Nothing was changed",
+            found.join("; ")
+        )))
     }
 
     /// Every record, by name.
@@ -142,13 +197,12 @@ impl Store {
             .await
             .map_err(Error::db("reading the migrations collection"))?;
         // A record that cannot be read is still listed, flagged, so `status` shows every other
-        // migration and `up` refuses naming it.
+        // migration and `up` refuses naming it. One without a name belongs to no migration:
+        // left out (`status` counts them), lest thousands of them each pass for a migration.
         Ok(docs
             .into_iter()
-            .map(|d| {
-                let name = d.get_str("name").map(str::to_string).unwrap_or_else(|_| {
-                    format!("? (_id {})", d.get("_id").cloned().unwrap_or(Bson::Null))
-                });
+            .filter_map(|d| Some((d.get_str("name").ok()?.to_string(), d)))
+            .map(|(name, d)| {
                 mongodb::bson::from_document::<Record>(d).unwrap_or_else(|e| Record {
                     name,
                     status: RecordStatus::Malformed,
@@ -421,6 +475,14 @@ impl Store {
         .await
     }
 }
+
+/// The records without a name, as a filter.
+fn unnamed() -> Document {
+    doc! { "name": { "$not": { "$type": "string" } } }
+}
+
+/// [`unnamed`] as an operator types it in `mongosh`.
+const UNNAMED_SHELL: &str = r#"{name: {$not: {$type: "string"}}}"#;
 
 /// Runs `write` again while it fails transiently (a failover, a server restart), for about a
 /// minute as the batches' own writes are: checkpoint and progress writes are `$set`s, so a

@@ -81,7 +81,8 @@ async fn auto_batch_size_grows_on_a_quiet_server_and_ends_with_the_same_data_as_
 
     let t = fresh_db("autobatch").await;
     sample_users(&t, 20_000).await;
-    // A generous target, so even a slow machine's batches are well under it and grow.
+    // A generous target, so even a slow machine's batches are well under it and grow. `-v`:
+    // size changes are logged at debug level.
     let mut run = Running::start(
         &t,
         &[
@@ -91,6 +92,7 @@ async fn auto_batch_size_grows_on_a_quiet_server_and_ends_with_the_same_data_as_
             "--target-batch-ms",
             "3000",
             "--no-progress",
+            "-v",
         ],
     );
     run.wait_until("a batch larger than the first", async || {
@@ -187,4 +189,34 @@ async fn help_of_pause_throttle_and_the_new_flags_lists_them() {
             assert!(help.contains(flag), "{args:?} lacks {flag}:\n{help}");
         }
     }
+}
+
+#[tokio::test]
+async fn the_log_of_a_throttled_paused_and_resumed_run_shows_no_rust_debug_forms() {
+    let t = fresh_db("logforms").await;
+    sample_users(&t, 8_000).await;
+    // Slow enough that the throttle and the pause land inside 001's scan (8 s) even on a
+    // loaded machine, so the resumed run starts from a checkpoint.
+    let mut run = Running::start(&t, &["up", "--max-docs-per-sec", "1000", "--no-progress"]);
+    run.wait_until("a checkpoint", async || live_record(&t).await.is_some())
+        .await;
+    let throttled = migrate(&t, &["throttle", "--max-docs-per-sec", "900"]).await;
+    assert_eq!(throttled.status.code(), Some(0), "{}", text(&throttled));
+    let paused = migrate(&t, &["pause"]).await;
+    assert_eq!(paused.status.code(), Some(0), "{}", text(&paused));
+    let out = run.output().await;
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    let resumed = migrate(&t, &["up", "--resume", "--no-progress"]).await;
+    assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed));
+
+    let log = common::read(&t.log_file());
+    // The lines that used to print Options and BSON values in Rust's own notation.
+    assert!(log.contains("limits changed"), "{log}");
+    assert!(log.contains("max_docs_per_sec=900"), "{log}");
+    assert!(log.contains("resuming backfill from checkpoint"), "{log}");
+    for debug_form in ["Some(", "None", "ObjectId(", "Int64(", "Document("] {
+        assert!(!log.contains(debug_form), "{debug_form} in the log:\n{log}");
+    }
+    // Auto batch-size changes go to debug level, not the log file at info.
+    assert!(!log.contains("(auto)"), "{log}");
 }

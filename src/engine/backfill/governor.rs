@@ -75,13 +75,15 @@ impl Governor {
             self.throttle
                 .set_rate(self.overrides.max_docs_per_sec.or(self.own_rate));
             self.batch = self.overrides.batch_size.unwrap_or(self.own_batch);
-            info!(migration = ctx.name(), max_docs_per_sec = ?self.throttle.rate(), batch_size = %self.batch, "limits changed");
+            info!(migration = ctx.name(), max_docs_per_sec = %self.throttle.rate().map_or("unthrottled".to_string(), |r| r.to_string()), batch_size = %self.batch, "limits changed");
             self.announce(progress);
         }
         let retries = super::retry::transient_retries();
         if retries > self.retries_seen {
             self.retries_seen = retries;
-            if let Some((old, new)) = self.tuner.transient_error() {
+            // A fixed size stays as the operator set it: only an auto size is halved.
+            let auto = self.batch == BatchSize::Auto;
+            if let Some((old, new)) = auto.then(|| self.tuner.transient_error()).flatten() {
                 self.batch_changed(ctx, old, new, "a transient error was retried");
             }
         }
@@ -163,8 +165,10 @@ impl Governor {
         }
     }
 
+    /// Logged at debug level: auto sizing changes the size about twice a second, which at info
+    /// level drowned the log; the size in use is in every progress record.
     fn batch_changed(&mut self, ctx: &Context, old: usize, new: usize, why: &str) {
-        info!(
+        tracing::debug!(
             migration = ctx.name(),
             "batch size {old} -> {new} (auto): {why}"
         );

@@ -57,7 +57,7 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
         .is_none_or(|r| r.stream_complete && r.token.is_some());
     let (mut position, mut stats, saved_token) = match resumed {
         Some(r) => {
-            info!(migration = ctx.name(), scanned = r.stats.scanned, last_id = ?r.position.last, "resuming backfill from checkpoint");
+            info!(migration = ctx.name(), scanned = r.stats.scanned, last_id = %crate::engine::bson_ext::show(r.position.last.as_ref()), "resuming backfill from checkpoint");
             (r.position, r.stats, r.token)
         }
         None => (Position::start(), Stats::default(), None),
@@ -321,7 +321,7 @@ pub async fn run(ctx: &Context, spec: &Backfill) -> Result<Stats> {
                 progress.record(&stats, governor.batch_size(), &governor.view(), ctx.actor());
             ctx.save_progress(checkpoint, live).await?;
         }
-        debug!(migration = ctx.name(), scanned = stats.scanned, modified = stats.modified, last_id = ?written.last, "batch written");
+        debug!(migration = ctx.name(), scanned = stats.scanned, modified = stats.modified, last_id = %crate::engine::bson_ext::show(written.last.as_ref()), "batch written");
         progress.update(&stats);
     }
     if let Some(e) = failure {
@@ -672,7 +672,7 @@ impl Scanner {
             .and_then(|d| d.get_object_id("_id").ok())
             .map(|id| window::to_int(&id));
         windows.observe(&window, docs.len(), last_found, truncated, target);
-        tracing::trace!(found = docs.len(), truncated, hi = ?window.hi, ms = t0.elapsed().as_millis() as u64, "scan window read");
+        tracing::trace!(found = docs.len(), truncated, hi = %window.hi.map_or("open".to_string(), |hi| hi.to_string()), ms = t0.elapsed().as_millis() as u64, "scan window read");
         match (truncated, window.hi) {
             (true, _) => self.read_to = last_found,
             (false, Some(hi)) => self.read_to = Some(hi),

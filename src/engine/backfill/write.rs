@@ -31,20 +31,6 @@ pub(super) struct UpdateResult {
     pub(super) errors: Vec<(usize, String)>,
 }
 
-impl UpdateResult {
-    /// The refused statements as an error of `what`, naming the first.
-    pub(super) fn into_error(self, what: &str) -> Error {
-        let (index, first) = self.errors.first().cloned().unwrap_or_default();
-        Error::Migration {
-            name: what.to_string(),
-            reason: format!(
-                "{} write error(s) in a batch, first (statement {index}): {first}",
-                self.errors.len()
-            ),
-        }
-    }
-}
-
 /// Sends `statements` as one unordered `update` command, retrying transient failures (safe: every
 /// statement is idempotent by its filter). Statements the server refuses are returned, not
 /// raised, so the caller can name the document or take another path.
@@ -246,10 +232,10 @@ pub(super) fn invalid_refusal(spec: &Backfill, migration: &str, stats: &Stats) -
     Error::migration(
         migration,
         format!(
-            "invalid data and --fail-on-invalid is set: {} document(s) in {} cannot be migrated ({:?}), e.g. {}. Fix them, or run without --fail-on-invalid to skip and report them",
+            "invalid data and --fail-on-invalid is set: {} document(s) in {} cannot be migrated ({}), e.g. {}. Fix them, or run without --fail-on-invalid to skip and report them",
             stats.invalid,
             spec.collection,
-            stats.invalid_reasons,
+            crate::engine::bson_ext::show_counts(&stats.invalid_reasons),
             Bson::Array(stats.invalid_samples.clone()).into_relaxed_extjson()
         ),
     )

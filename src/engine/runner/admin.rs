@@ -63,6 +63,7 @@ impl MigrationRunner {
         }
         if self.options.dry_run {
             let plan = self.plan().await?;
+            plan::check_known(&plan, &self.options)?;
             return Ok(plan::baseline_targets(&plan, to)?
                 .into_iter()
                 .map(|m| m.name.clone())
@@ -125,6 +126,7 @@ impl MigrationRunner {
 
     async fn baseline_locked(&self, to: u32) -> Result<Vec<String>> {
         let plan = self.plan().await?;
+        plan::check_known(&plan, &self.options)?;
         plan::baseline_targets(&plan, to)?;
         let (plan, _) = self.adopt(plan).await?;
         let mut marked = Vec::new();

@@ -35,6 +35,7 @@ pub mod build;
 pub mod cli;
 pub mod engine;
 pub mod lms;
+pub mod testing;
 
 // The short paths the migrations (`crate::backfill`, `crate::money`, ...), tests and benches use.
 // The migrations' sources are checksummed, so their `use` lines stay as they are.

@@ -45,7 +45,4 @@ pub fn bytes(d: &Document) -> Vec<u8> {
     mongodb::bson::to_vec(d).unwrap()
 }
 
-/// [`bytes`] of every document.
-pub fn all_bytes(docs: &[Document]) -> Vec<Vec<u8>> {
-    docs.iter().map(bytes).collect()
-}
+pub use mongo_migrate::testing::all_bytes;

@@ -22,6 +22,12 @@ The migration is compiled into `migrate` by the next `cargo build`; `cargo test 
 tests (no Cargo.toml entry needed). Needs no database and writes nothing else. Refuses a name
 that is not snake_case (exit 2), and a number or name already taken (exit 5).
 
+In an application that embeds its own migrations (a Cargo.toml under --dir that is not this
+repository's, or --app): writes migrations/NNN_NAME.rs against the public API
+(mongo_migrate::backfill) and tests/migration_NNN_NAME.rs on mongo_migrate::testing, creating
+migrations/ if needed. They need mongo-migrate, mongodb, and tokio (features macros,
+rt-multi-thread) among the application's dependencies.
+
 Example:
   migrate new backfill_display_names
   $EDITOR migrations/004_backfill_display_names.rs tests/migrations/004_backfill_display_names.rs
@@ -38,13 +44,38 @@ pub(crate) struct NewArgs {
     /// Take this number instead of the next free one (refused if a migration has it)
     #[arg(long, value_name = "NNN", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) number: Option<u32>,
-    /// The repository root, holding migrations/ and tests/migrations/
+    /// The repository root, holding migrations/ and tests/migrations/ (or an application's
+    /// root, holding its Cargo.toml)
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub(crate) dir: PathBuf,
+    /// Write for an application that embeds its migrations (`embed_migrations!`): code against
+    /// the public API, tests in tests/. Implied when --dir holds a Cargo.toml of another package
+    #[arg(long)]
+    pub(crate) app: bool,
+}
+
+/// Whether `dir` is an application's root rather than this repository's: `--app`, or a
+/// Cargo.toml whose package is not mongo-migrate.
+fn is_app(args: &NewArgs) -> bool {
+    if args.app {
+        return true;
+    }
+    let Ok(manifest) = fs::read_to_string(args.dir.join("Cargo.toml")) else {
+        return false;
+    };
+    !manifest.lines().any(|l| {
+        let l = l.trim();
+        l.starts_with("name")
+            && l.split_once('=').is_some_and(|(k, v)| {
+                k.trim() == "name" && v.trim().trim_matches('"') == "mongo-migrate"
+            })
+    })
 }
 
 const MIGRATION: &str = include_str!("templates/migration.rs.tmpl");
 const TEST: &str = include_str!("templates/test.rs.tmpl");
+const APP_MIGRATION: &str = include_str!("templates/app_migration.rs.tmpl");
+const APP_TEST: &str = include_str!("templates/app_test.rs.tmpl");
 
 /// `migrate new`: the exit code.
 pub(super) fn main(args: &NewArgs) -> i32 {
@@ -60,8 +91,16 @@ pub(super) fn main(args: &NewArgs) -> i32 {
 
 /// `migrate new`: the paths written, after printing them and the next steps.
 fn run(args: &NewArgs) -> Result<(PathBuf, PathBuf)> {
+    let app = is_app(args);
     let migrations = args.dir.join("migrations");
-    let tests = args.dir.join("tests").join("migrations");
+    let tests = match app {
+        true => args.dir.join("tests"),
+        false => args.dir.join("tests").join("migrations"),
+    };
+    if app && !migrations.is_dir() {
+        fs::create_dir_all(&migrations)
+            .map_err(|e| Error::Config(format!("cannot create {}: {e}", migrations.display())))?;
+    }
     if !migrations.is_dir() {
         return Err(Error::Config(format!(
             "no migrations directory at {}: run `migrate new` from the repository root, or pass --dir",
@@ -97,7 +136,10 @@ fn run(args: &NewArgs) -> Result<(PathBuf, PathBuf)> {
     };
     let numbered = format!("{number:03}_{}", args.name);
     let migration_path = migrations.join(format!("{numbered}.rs"));
-    let test_path = tests.join(format!("{numbered}.rs"));
+    let test_path = match app {
+        true => tests.join(format!("migration_{numbered}.rs")),
+        false => tests.join(format!("{numbered}.rs")),
+    };
     if test_path.exists() {
         return Err(Error::Refused(format!(
             "{} already exists; move it away or choose another name",
@@ -117,8 +159,12 @@ fn run(args: &NewArgs) -> Result<(PathBuf, PathBuf)> {
         move |e: std::io::Error| Error::Config(format!("cannot write {path}: {e}"))
     };
     fs::create_dir_all(&tests).map_err(io(&tests))?;
-    fs::write(&migration_path, render(MIGRATION)).map_err(io(&migration_path))?;
-    fs::write(&test_path, render(TEST)).map_err(io(&test_path))?;
+    let (migration, test) = match app {
+        true => (APP_MIGRATION, APP_TEST),
+        false => (MIGRATION, TEST),
+    };
+    fs::write(&migration_path, render(migration)).map_err(io(&migration_path))?;
+    fs::write(&test_path, render(test)).map_err(io(&test_path))?;
     // The templates are rustfmt-clean; a long name can make a line rustfmt would wrap, and CI
     // checks both files with rustfmt, so they are formatted here when rustfmt is at hand.
     let _ = std::process::Command::new("rustfmt")
@@ -135,10 +181,15 @@ fn run(args: &NewArgs) -> Result<(PathBuf, PathBuf)> {
          1. edit {m}: the description, the collection, the field and its value\n  \
          2. edit {t} to match (its `expected` says what the field ends up holding)\n  \
          3. cargo test {name}\n  \
-         4. cargo build, then `migrate status` lists {numbered} pending and `migrate up` applies it",
+         4. cargo build, then `{cli} status` lists {numbered} pending and `{cli} up` applies it",
         m = migration_path.display(),
         t = test_path.display(),
         name = args.name,
+        cli = if app {
+            "<your binary calling mongo_migrate::cli::run>"
+        } else {
+            "migrate"
+        },
     );
     Ok((migration_path, test_path))
 }
@@ -186,6 +237,7 @@ mod tests {
             name: "backfill_display_names".into(),
             number: None,
             dir: PathBuf::from("."),
+            app: false,
         };
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir(dir.path().join("migrations")).unwrap();
@@ -199,6 +251,31 @@ mod tests {
         for path in [migration, test] {
             let text = fs::read_to_string(&path).unwrap();
             assert!(!text.contains("__"), "{}: {text}", path.display());
+        }
+    }
+
+    #[test]
+    fn in_an_application_it_writes_against_the_public_api_and_tests_in_tests() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join("Cargo.toml"),
+            "[package]\nname = \"shop\"\nversion = \"0.1.0\"\n",
+        )
+        .unwrap();
+        let args = NewArgs {
+            name: "add_tiers".into(),
+            number: None,
+            dir: dir.path().to_path_buf(),
+            app: false,
+        };
+        let (migration, test) = run(&args).unwrap();
+        assert!(migration.ends_with("migrations/001_add_tiers.rs"));
+        assert!(test.ends_with("tests/migration_001_add_tiers.rs"));
+        for path in [migration, test] {
+            let text = fs::read_to_string(&path).unwrap();
+            assert!(!text.contains("__"), "{}: {text}", path.display());
+            assert!(!text.contains("crate::"), "{}: {text}", path.display());
+            assert!(!text.contains("common"), "{}: {text}", path.display());
         }
     }
 }

@@ -120,10 +120,10 @@ async fn process_docs(ctx: &Context, spec: &Backfill, docs: Vec<Document>) -> Re
 /// began (`complete`), nothing the stream did not name can be left behind the scan. That is
 /// checked once, not assumed: one look over the candidates, then the drain. When every document
 /// the look found was named by the stream, the run is done without counting a round. Any other
-/// document found means events went missing on their way (the test server drops some, see the
-/// README) or the scan's ranges missed it (servers have disagreed with their own sort order over
-/// the rarer `_id` types), and is said in the log; that, or a drain that gives up, brings back
-/// full rounds. Left unchecked, such a document would only surface in the migration's
+/// document found means events went missing on their way (the test server drops some, see
+/// docs/test-server.md) or the scan's ranges missed it (servers have disagreed with their own
+/// sort order over the rarer `_id` types), and is said in the log; that, or a drain that gives
+/// up, brings back full rounds. Left unchecked, such a document would only surface in the migration's
 /// post-condition, and fail the run.
 pub async fn rounds(
     ctx: &Context,

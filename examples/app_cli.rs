@@ -8,9 +8,8 @@
 //! ```
 //!
 //! In an application this is its `src/bin/migrate.rs` (or any binary), with the migrations
-//! folder named relative to the application's `Cargo.toml`, and a `build.rs` calling
-//! `mongo_migrate::build::rerun_on_migrations("migrations")` so that a new migration file
-//! rebuilds it.
+//! folder named relative to the application's `Cargo.toml`, and the `build.rs` that
+//! `migrate build-script` writes, so that a new migration file rebuilds it.
 
 fn main() {
     let migrations = mongo_migrate::embed_migrations!("examples/app_migrations");

@@ -30,8 +30,6 @@
 // `embed_migrations!` expands to `::mongo_migrate::...` paths, which this lets work in here too.
 extern crate self as mongo_migrate;
 
-#[path = "build_support.rs"]
-pub mod build;
 pub mod cli;
 pub mod engine;
 pub mod lms;

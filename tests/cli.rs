@@ -121,7 +121,7 @@ async fn help_lists_global_options_apart_and_offline_commands_without_them() {
     }
     assert!(help.contains("[default: logs]"), "{help}");
 
-    for offline in ["new", "completions"] {
+    for offline in ["new", "completions", "build-script"] {
         let out = t.migrate(&[offline, "--help"]);
         assert!(out.status.success(), "{offline}: {}", text(&out));
         let help = text(&out);

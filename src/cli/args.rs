@@ -96,6 +96,9 @@ pub(super) enum Command {
     /// Write the next migration and its tests from templates, then say what to edit
     #[command(long_about = super::new::LONG_HELP)]
     New(super::new::NewArgs),
+    /// Write build.rs for an application that embeds its migrations: it rebuilds the application
+    /// when a migration is added, edited or removed
+    BuildScript(super::new::BuildScriptArgs),
 }
 
 /// The lock's flags, and `--allow-drift`, for the commands that run migrations.
@@ -307,7 +310,7 @@ pub fn command() -> clap::Command {
         .filter(|a| a.is_global_set())
         .map(|a| a.clone().hide(true))
         .collect();
-    for offline in ["new", "completions"] {
+    for offline in ["new", "completions", "build-script"] {
         cmd = cmd.mut_subcommand(offline, |sub| sub.args(hidden.clone()));
     }
     cmd

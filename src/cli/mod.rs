@@ -62,6 +62,13 @@ pub fn run(migrations: Vec<crate::engine::registry::Registered>) -> i32 {
             },
             _,
         )) => return new::main(&args),
+        Ok((
+            Cli {
+                command: Command::BuildScript(args),
+                ..
+            },
+            _,
+        )) => return new::build_script(&args),
         Ok(parsed) => parsed,
         Err(e) if e.use_stderr() => {
             // Clap's message may quote any argument, `--uri` included.
@@ -176,6 +183,7 @@ async fn dispatch(
         Command::Throttle(args) => control::throttle(db, args).await,
         Command::Up(args) => commands::up(runner(), &config, args).await,
         Command::New(_) => unreachable!("`new` returns before connecting"),
+        Command::BuildScript(_) => unreachable!("`build-script` returns before connecting"),
         Command::Rollback(args) => commands::rollback(runner(), args).await,
         Command::Baseline(args) => commands::baseline(runner(), args).await,
         Command::Repair(args) => commands::repair(runner(), args).await,

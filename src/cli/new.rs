@@ -72,6 +72,59 @@ fn is_app(args: &NewArgs) -> bool {
     })
 }
 
+/// The arguments of `migrate build-script`.
+#[derive(Debug, Args)]
+pub(crate) struct BuildScriptArgs {
+    /// The application's migrations folder, relative to its Cargo.toml (what it passes to
+    /// `embed_migrations!`)
+    #[arg(long, value_name = "DIR", default_value = "migrations")]
+    pub(crate) migrations: String,
+    /// The application's root, holding its Cargo.toml
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub(crate) dir: PathBuf,
+    /// Overwrite an existing build.rs
+    #[arg(long)]
+    pub(crate) force: bool,
+}
+
+/// `migrate build-script`: writes `build.rs`, refusing to overwrite one unless `--force`.
+pub(super) fn build_script(args: &BuildScriptArgs) -> i32 {
+    use super::exit_codes::{exit, ProcessExitCode};
+    let path = args.dir.join("build.rs");
+    let result = if path.exists() && !args.force {
+        Err(Error::Refused(format!(
+            "{} exists; add its line by hand (`println!(\"cargo:rerun-if-changed={}\");`) or pass --force to overwrite it",
+            path.display(),
+            args.migrations
+        )))
+    } else {
+        fs::write(&path, build_rs(&args.migrations))
+            .map_err(|e| Error::Config(format!("cannot write {}: {e}", path.display())))
+    };
+    match result {
+        Ok(()) => {
+            println!("created {}", path.display());
+            exit::SUCCESS
+        }
+        Err(e) => {
+            super::logging::print_err(format!("error: {e}\n"));
+            e.exit_code()
+        }
+    }
+}
+
+/// The build script: cargo scans a folder named by `rerun-if-changed` for any change, a new
+/// file included, which the proc macro alone would not trigger.
+fn build_rs(migrations: &str) -> String {
+    format!(
+        "// Written by `migrate build-script`. `embed_migrations!` reads {migrations}/ while the\n\
+         // application compiles: rebuild when a migration is added, edited or removed.\n\
+         fn main() {{\n    \
+         println!(\"cargo:rerun-if-changed={migrations}\");\n\
+         }}\n"
+    )
+}
+
 const MIGRATION: &str = include_str!("templates/migration.rs.tmpl");
 const TEST: &str = include_str!("templates/test.rs.tmpl");
 const APP_MIGRATION: &str = include_str!("templates/app_migration.rs.tmpl");
@@ -252,6 +305,35 @@ mod tests {
             let text = fs::read_to_string(&path).unwrap();
             assert!(!text.contains("__"), "{}: {text}", path.display());
         }
+    }
+
+    #[test]
+    fn build_script_watches_the_migrations_folder_and_keeps_an_existing_build_rs() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = BuildScriptArgs {
+            migrations: "db/migrations".into(),
+            dir: dir.path().to_path_buf(),
+            force: false,
+        };
+        assert_eq!(build_script(&args), 0);
+        let written = fs::read_to_string(dir.path().join("build.rs")).unwrap();
+        assert!(written.contains("println!(\"cargo:rerun-if-changed=db/migrations\");"));
+        assert!(written.contains("fn main() {"));
+        fs::write(dir.path().join("build.rs"), "fn main() {}").unwrap();
+        assert_eq!(build_script(&args), 5);
+        assert_eq!(
+            fs::read_to_string(dir.path().join("build.rs")).unwrap(),
+            "fn main() {}"
+        );
+        let forced = BuildScriptArgs {
+            force: true,
+            ..args
+        };
+        assert_eq!(build_script(&forced), 0);
+        assert_eq!(
+            fs::read_to_string(dir.path().join("build.rs")).unwrap(),
+            written
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs the test server if needed, then runs every
 # test (unit, integration, per-migration, doc tests, and a smoke run of the benchmarks), then
-# checks `migrate new` end to end in a scratch copy (scripts/check-new-migration.sh).
+# checks `migrate new` end to end in a scratch copy (scripts/check-new-migration.sh) and in a
+# scratch application outside the repository (scripts/check-new-app.sh).
 # Set MONGODB_URI to run against an existing MongoDB 6+ instead of a local secantusd-rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,3 +23,4 @@ fi
 cargo test --all-targets
 cargo test --doc
 bash scripts/check-new-migration.sh
+bash scripts/check-new-app.sh

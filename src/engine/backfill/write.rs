@@ -434,6 +434,10 @@ pub async fn client_batch(
         stats.modified += written_before;
         let mut again = Stats::default();
         planned = plan(transform, reread, &mut again).await;
+        // What this batch just wrote may have been moved by the application since (a reset
+        // makes it a candidate again): from here on the entries decide, whatever the run knew
+        // before it wrote anything.
+        spec.run.owning_some();
         checked = super::before_image::chunk_time();
         planned = without_moved(db, spec, migration, planned, &mut again, stop).await?;
         stats.absorb_moved_of(&again);

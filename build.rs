@@ -43,6 +43,7 @@ fn main() {
         let text = fs::read(&source.path).unwrap();
         let checksum = sources::checksum(&text);
         let legacy = sources::legacy_checksums(&source.name, &text);
+        let doc = sources::module_doc(&String::from_utf8_lossy(&text));
         // A source that defines `down` is reversible whether or not it says so.
         let migration = if sources::defines_down(&String::from_utf8_lossy(&text)) {
             format!("crate::registry::with_down(m{number:03}::migration())")
@@ -51,7 +52,7 @@ fn main() {
         };
         writeln!(
             out,
-            "        crate::registry::Registered {{ number: {number}, name: {:?}, checksum: {checksum:?}, legacy: &{legacy:?}, migration: {migration} }},",
+            "        crate::registry::Registered {{ number: {number}, name: {:?}, checksum: {checksum:?}, legacy: &{legacy:?}, doc: {doc:?}, migration: {migration} }},",
             source.name
         )
         .unwrap();

@@ -518,6 +518,7 @@ async fn run(users: u64, bench: bool, quick: bool) -> usize {
             name: "003_migrate_existing_user_balances",
             checksum: "bench",
             legacy: &[],
+            doc: "",
             migration: Arc::new(ClientPath),
         };
         let time = timed(async {

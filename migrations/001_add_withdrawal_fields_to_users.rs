@@ -1,8 +1,12 @@
 //! Gives every user that lacks them `withdrawableBalance`, `totalWithdrawn` and
-//! `pendingWithdrawals`, each 0, field by field: a value a user already has is kept.
-//!
-//! Runs on the backfill pipeline with a server-side update per field over each batch's `_id`
-//! range, so it resumes like every large-collection migration and nothing travels to the client.
+//! `pendingWithdrawals`, each 0, field by field: a value a user already has is kept, null included.
+//! Runs on the batch pipeline with server-side updates (nothing travels to the client), so it
+//! resumes like 003. The migration declares one statement per field; the engine reads which fields
+//! each user of a batch lacks and writes each user once, with one statement per group of users
+//! lacking the same fields (guarded on exactly those being missing), so `fieldsAdded` stays exact.
+//! Post-condition: no user lacks any of the three. `down` removes the fields only from users where
+//! all three still hold 0, and reports how many users it left alone because they hold real
+//! balances; `rollback --force` removes them from every user, destroying those balances.
 
 use crate::backfill::{self, Backfill, CatchUp, ServerUpdate, Transform};
 use crate::error::{Error, Result};

@@ -1,7 +1,17 @@
-//! Creates the indexes the withdrawal queries need, on `withdrawals` and `users`, with stable
-//! (MongoDB default) names. An existing index that conflicts (same name with other keys or
-//! options, or the same keys under another name) stops the migration with a message naming it.
-//! `down` drops exactly the indexes `up` created.
+//! Creates, with MongoDB's default names (`status_1_createdAt_1`, ...):
+//!
+//! - `withdrawals`: `userId`, `status`, `createdAt`, `processedAt`, `transactionReference`,
+//!   `{userId, status}`, `{status, createdAt}`, `{status, processedAt}`, `{status, amount}`,
+//!   `{status, method, createdAt}`;
+//! - `users`: `withdrawableBalance`, `totalWithdrawn`, `pendingWithdrawals`,
+//!   `{affiliateEarnings, withdrawableBalance}`, `{pendingWithdrawals, withdrawableBalance}`.
+//!
+//! Re-running is a no-op. The list of indexes it creates is saved before it builds any, so after a
+//! failure (or a kill) part-way, the re-run still counts the indexes the first attempt built as its
+//! own, and `down` drops them. An existing index with the same name but other keys or options, or the
+//! same keys under another name, stops it with a message naming the index and the command to drop
+//! it. Post-condition: every index exists with its keys. `down` drops exactly the indexes `up`
+//! created; an identical index that was there before stays.
 
 use crate::error::{Error, Result};
 use crate::migration::{Context, Migration, Outcome};

@@ -1,14 +1,34 @@
-//! Sets every user's initial `withdrawableBalance` to 50% of `affiliateEarnings`.
+//! Sets `withdrawableBalance` to 50% of `affiliateEarnings` for users whose three withdrawal fields
+//! are all still missing or 0 (users whose balances the application already moved are not touched).
 //!
-//! Money must not drift: the half is computed exactly in decimal and rounded to the cent, ties to
-//! even ([`crate::money`]); a Decimal128 input yields a Decimal128 balance. Users without earnings
-//! (missing, null, 0) get 0. Invalid earnings are never converted: the user is left untouched and
-//! reported. Users whose withdrawal fields already moved (non-zero) are not candidates, so the
-//! application's data is never overwritten, and each write is guarded on the fields it read.
-//! A user this migration wrote stays its own only while all three withdrawal fields hold what it
-//! wrote; once the application sets any of them (a withdrawal, a reset to 0), the user is the
-//! application's and is never written again, whatever its earnings do.
-//! Before-images of every changed user let `down` restore the previous fields exactly.
+//! - **Rounding rule**: half of the earnings is computed exactly in decimal, then rounded to the
+//!   cent with round-half-to-even (banker's rounding): 123.45 → 61.72, 123.47 → 61.74, 0.03 → 0.02,
+//!   101 → 50.5. A double is taken at its shortest round-trip decimal value (123.45 is 123.45, not
+//!   123.4499999…), so money does not drift.
+//! - int32, int64 and double earnings give a double balance; Decimal128 earnings give a Decimal128
+//!   balance with two decimals.
+//! - Missing, null or 0 earnings give 0; every user ends with all three fields.
+//! - A withdrawal field that is null, a string (`"0"`) or any other non-number makes the user
+//!   neither "untouched" nor "moved": the user is left alone and reported as invalid
+//!   (`withdrawableBalance is not a number`, ...), with its `_id`, like invalid earnings.
+//! - Invalid earnings (a string, negative, NaN, infinite, boolean, object, array, or above 10^15)
+//!   are never converted: the user is left untouched and the count, the reasons and sample `_id`s
+//!   land in the result, the log and `migrate status`. The run still completes the valid users;
+//!   `--fail-on-invalid` fails it instead.
+//! - **Ownership**: a user 003 wrote stays 003's only while all three withdrawal fields hold what it
+//!   wrote, type included. Once the application sets any of them (a withdrawal started, a balance
+//!   reset to 0), the user is the application's: no batch, catch-up or later run of 003 writes it
+//!   again, whatever its earnings do, and `down` leaves it as the application set it. Such users are
+//!   counted in the result (`movedByApplication`, `movedSamples`).
+//! - This release changed 003's code for that: a database that applied an earlier 003 reports it as
+//!   changed since applied. What it already wrote is unaffected; accept the change with
+//!   `migrate repair`.
+//! - A second run modifies nothing. Post-condition: no eligible user is left unmigrated (users the
+//!   application moved after 003 wrote them are its own, and not counted).
+//! - Before each batch is written, the previous values of the fields it changes (and which of them
+//!   did not exist) are saved as before-images in `migrations_before_images`. `down` restores every
+//!   touched user exactly from them, guarded on what `up` wrote: a user the application changed
+//!   since is reported (`rollbackResult.conflicts`, `conflictSamples`), not clobbered.
 
 use crate::backfill::{self, Backfill, CatchUp, Change, FastPath, Transform};
 use crate::error::{Error, Result};

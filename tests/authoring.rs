@@ -30,6 +30,7 @@ fn one(name: &'static str, migration: Arc<dyn Migration>) -> Vec<Registered> {
         name,
         checksum: "rewrite",
         legacy: &[],
+        doc: "",
         migration,
     }]
 }

@@ -97,6 +97,7 @@ async fn a_failed_post_condition_says_so_once() {
         name: "001_check_fails",
         checksum: "x",
         legacy: &[],
+        doc: "",
         migration: std::sync::Arc::new(CheckFails),
     };
     let runner = mongo_migrate::MigrationRunner::with_migrations(t.db.clone(), vec![registered]);

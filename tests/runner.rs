@@ -89,6 +89,7 @@ fn reg(number: u32, name: &'static str, migration: impl Migration + 'static) -> 
         name,
         checksum: "c0",
         legacy: &[],
+        doc: "",
         migration: Arc::new(migration),
     }
 }

@@ -56,6 +56,7 @@ fn expand(input: TokenStream) -> Result<String, String> {
         let text = std::fs::read(&source.path).map_err(|e| format!("cannot read {path}: {e}"))?;
         let checksum = sources::checksum(&text);
         let legacy = sources::legacy_checksums(&source.name, &text);
+        let doc = sources::module_doc(&String::from_utf8_lossy(&text));
         let module = format!("__migration_{number:03}");
         writeln!(code, "    #[path = {path:?}]\n    mod {module};").unwrap();
         // Recompile when the file changes even where module files are not tracked.
@@ -72,7 +73,7 @@ fn expand(input: TokenStream) -> Result<String, String> {
         };
         writeln!(
             list,
-            "        ::mongo_migrate::Registered {{ number: {number}, name: {:?}, checksum: {checksum:?}, legacy: &{legacy:?}, migration: {migration} }},",
+            "        ::mongo_migrate::Registered {{ number: {number}, name: {:?}, checksum: {checksum:?}, legacy: &{legacy:?}, doc: {doc:?}, migration: {migration} }},",
             source.name
         )
         .unwrap();

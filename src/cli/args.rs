@@ -99,6 +99,8 @@ pub(super) enum Command {
     /// Write build.rs for an application that embeds its migrations: it rebuilds the application
     /// when a migration is added, edited or removed
     BuildScript(super::new::BuildScriptArgs),
+    /// Show what a migration does, from its source's documentation (needs no database)
+    Show(super::show::ShowArgs),
 }
 
 /// The lock's flags, and `--allow-drift`, for the commands that run migrations.
@@ -310,7 +312,7 @@ pub fn command() -> clap::Command {
         .filter(|a| a.is_global_set())
         .map(|a| a.clone().hide(true))
         .collect();
-    for offline in ["new", "completions", "build-script"] {
+    for offline in ["new", "completions", "build-script", "show"] {
         cmd = cmd.mut_subcommand(offline, |sub| sub.args(hidden.clone()));
     }
     cmd

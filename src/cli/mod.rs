@@ -14,6 +14,7 @@ pub mod progress;
 /// Redaction lives in the engine (records are written with it too); re-exported for the CLI.
 pub use crate::engine::redact;
 mod report;
+mod show;
 mod signals;
 
 pub use args::Cli;
@@ -69,6 +70,13 @@ pub fn run(migrations: Vec<crate::engine::registry::Registered>) -> i32 {
             },
             _,
         )) => return new::build_script(&args),
+        Ok((
+            Cli {
+                command: Command::Show(args),
+                ..
+            },
+            _,
+        )) => return show::main(&args, &migrations),
         Ok(parsed) => parsed,
         Err(e) if e.use_stderr() => {
             // Clap's message may quote any argument, `--uri` included.
@@ -184,6 +192,7 @@ async fn dispatch(
         Command::Up(args) => commands::up(runner(), &config, args).await,
         Command::New(_) => unreachable!("`new` returns before connecting"),
         Command::BuildScript(_) => unreachable!("`build-script` returns before connecting"),
+        Command::Show(_) => unreachable!("`show` returns before connecting"),
         Command::Rollback(args) => commands::rollback(runner(), args).await,
         Command::Baseline(args) => commands::baseline(runner(), args).await,
         Command::Repair(args) => commands::repair(runner(), args).await,

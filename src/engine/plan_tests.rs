@@ -24,6 +24,7 @@ fn registered(number: u32, name: &'static str) -> Registered {
         name,
         checksum: "sum",
         legacy: &[],
+        doc: "",
         migration: Arc::new(Noop),
     }
 }

@@ -20,6 +20,8 @@ pub struct Registered {
     /// ([`legacy_checksums`](crate::engine::sources::legacy_checksums)): those earlier releases
     /// recorded over its bytes.
     pub legacy: &'static [&'static str],
+    /// The source file's module documentation (its `//!` lines): what `migrate show` prints.
+    pub doc: &'static str,
     /// The migration itself.
     pub migration: Arc<dyn Migration>,
 }

@@ -353,6 +353,22 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
+/// The source's module documentation (its leading `//!` lines, without the markers): what
+/// `migrate show` prints, so the description of a migration lives in its own file.
+pub fn module_doc(source: &str) -> String {
+    let mut lines = Vec::new();
+    for line in source.lines() {
+        let line = line.trim_start();
+        match line.strip_prefix("//!") {
+            Some(text) => lines.push(text.strip_prefix(' ').unwrap_or(text).trim_end()),
+            None if line.is_empty() && !lines.is_empty() => break,
+            None if line.is_empty() => continue,
+            None => break,
+        }
+    }
+    lines.join("\n")
+}
+
 /// Whether the source defines a function named `down` (outside comments and string literals).
 ///
 /// A migration that defines `down` is reversible: the registry says so whether or not it also

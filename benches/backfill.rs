@@ -525,6 +525,8 @@ async fn run(users: u64, bench: bool, quick: bool) -> usize {
             MigrationRunner::with_migrations(t.db.clone(), vec![registered])
                 .with_options(RunOptions {
                     progress: false,
+                    // 001 and 002 are applied, and this runner knows only 003.
+                    ignore_unknown: true,
                     ..RunOptions::default()
                 })
                 .run_pending()

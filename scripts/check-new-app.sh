@@ -18,6 +18,7 @@ cleanup() {
   rm -rf "$SCRATCH"
 }
 trap cleanup EXIT
+source "$REPO/scripts/scratch-lib.sh"
 fail() { echo "check-new-app: $*" >&2; exit 1; }
 
 MIGRATE="$REPO/target/debug/migrate"
@@ -57,34 +58,11 @@ RS
 
 echo "== cargo build"
 export CARGO_TARGET_DIR="${CHECK_APP_TARGET_DIR:-$REPO/target/scratch-app}"
-if [ ! -d "$CARGO_TARGET_DIR/debug/deps" ] && [ -d "$REPO/target/debug/deps" ]; then
-  mkdir -p "$CARGO_TARGET_DIR/debug"
-  for d in deps build .fingerprint; do
-    [ -d "$REPO/target/debug/$d" ] && cp -al "$REPO/target/debug/$d" "$CARGO_TARGET_DIR/debug/"
-  done
-fi
+seed_target_dir "$CARGO_TARGET_DIR" "$REPO"
 cargo build --quiet
 SHOP="$CARGO_TARGET_DIR/debug/shop"
 
-if [ -z "${MONGODB_URI:-}" ]; then
-  export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-  mkdir "$SCRATCH/data"
-  secantusd-rs --host 127.0.0.1 --port 0 --storage-path "$SCRATCH/data" --cache-size 1G \
-    > "$SCRATCH/server.log" 2>&1 &
-  SERVER=$!
-  for _ in $(seq 1 300); do
-    PORT=$(sed -n 's/.*listening on .*:\([0-9]*\).*/\1/p' "$SCRATCH/server.log")
-    [ -n "$PORT" ] && break
-    sleep 0.1
-  done
-  [ -n "${PORT:-}" ] || fail "the test server did not start: $(cat "$SCRATCH/server.log")"
-  export MONGODB_URI="mongodb://127.0.0.1:$PORT/?directConnection=true"
-fi
-BASE="${MONGODB_URI%%\?*}"
-BASE="${BASE%/*}"
-[ "${BASE#*://}" = "$BASE" ] && BASE="$MONGODB_URI"
-QUERY=""
-case "$MONGODB_URI" in *\?*) QUERY="?${MONGODB_URI#*\?}" ;; esac
+test_server
 shop() {
   "$SHOP" --uri "$BASE/check_app_$$$QUERY" --log-dir "$SCRATCH/logs" --env-file /dev/null "$@"
 }

@@ -21,6 +21,7 @@ cleanup() {
   rm -rf "$SCRATCH"
 }
 trap cleanup EXIT
+source "$REPO/scripts/scratch-lib.sh"
 fail() { echo "check-new-migration: $*" >&2; exit 1; }
 
 echo "== copying the repository to $SCRATCH/repo"
@@ -43,35 +44,12 @@ rustfmt --edition 2021 --check "$MIGRATION" "tests/migrations/$NUMBERED.rs" ||
 
 echo "== building the copy with $NUMBERED"
 export CARGO_TARGET_DIR="${CHECK_NEW_TARGET_DIR:-$REPO/target/scratch}"
-if [ ! -d "$CARGO_TARGET_DIR/debug/deps" ] && [ -d "$REPO/target/debug/deps" ]; then
-  mkdir -p "$CARGO_TARGET_DIR/debug"
-  for d in deps build .fingerprint; do
-    [ -d "$REPO/target/debug/$d" ] && cp -al "$REPO/target/debug/$d" "$CARGO_TARGET_DIR/debug/"
-  done
-fi
+seed_target_dir "$CARGO_TARGET_DIR" "$REPO"
 cargo build --quiet --bin migrate
 MIGRATE="$CARGO_TARGET_DIR/debug/migrate"
 
-if [ -z "${MONGODB_URI:-}" ]; then
-  export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-  mkdir "$SCRATCH/data"
-  secantusd-rs --host 127.0.0.1 --port 0 --storage-path "$SCRATCH/data" --cache-size 1G \
-    > "$SCRATCH/server.log" 2>&1 &
-  SERVER=$!
-  for _ in $(seq 1 300); do
-    PORT=$(sed -n 's/.*listening on .*:\([0-9]*\).*/\1/p' "$SCRATCH/server.log")
-    [ -n "$PORT" ] && break
-    sleep 0.1
-  done
-  [ -n "${PORT:-}" ] || fail "the test server did not start: $(cat "$SCRATCH/server.log")"
-  export MONGODB_URI="mongodb://127.0.0.1:$PORT/?directConnection=true"
-fi
 # The tests take the server from MONGODB_URI; the CLI gets a database of its own.
-BASE="${MONGODB_URI%%\?*}"
-BASE="${BASE%/*}"
-[ "${BASE#*://}" = "$BASE" ] && BASE="$MONGODB_URI" # no path at all
-QUERY=""
-case "$MONGODB_URI" in *\?*) QUERY="?${MONGODB_URI#*\?}" ;; esac
+test_server
 DB="check_new_$$"
 migrate() {
   MONGODB_URI="$BASE/$DB$QUERY" MIGRATE_LOG_DIR="$SCRATCH/logs" MIGRATE_ENV_FILE="$SCRATCH/none.env" \

@@ -243,15 +243,7 @@ impl TestDb {
 
     /// Every document of `collection`, sorted by `_id`.
     pub async fn all(&self, collection: &str) -> Vec<Document> {
-        self.db
-            .collection::<Document>(collection)
-            .find(doc! {})
-            .sort(doc! { "_id": 1 })
-            .await
-            .expect("read the collection")
-            .try_collect()
-            .await
-            .expect("read the collection")
+        sorted_by_id(&self.db.collection(collection)).await
     }
 
     /// The `status` of `name`'s tracking record (which must exist).
@@ -275,6 +267,17 @@ impl TestDb {
             .await
             .expect("read the tracking collection")
     }
+}
+
+/// Every document of `coll`, sorted by `_id`.
+pub async fn sorted_by_id(coll: &mongodb::Collection<Document>) -> Vec<Document> {
+    coll.find(doc! {})
+        .sort(doc! { "_id": 1 })
+        .await
+        .expect("read the collection")
+        .try_collect()
+        .await
+        .expect("read the collection")
 }
 
 /// The BSON bytes of each document: comparing them compares values and types exactly (`1`,

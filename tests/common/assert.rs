@@ -4,17 +4,7 @@ use mongodb::bson::{doc, Document};
 use std::path::Path;
 use std::process::Output;
 
-/// Every document of `coll`, sorted by `_id`.
-pub async fn sorted_by_id(coll: &mongodb::Collection<Document>) -> Vec<Document> {
-    use futures::TryStreamExt;
-    coll.find(doc! {})
-        .sort(doc! { "_id": 1 })
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap()
-}
+pub use mongo_migrate::testing::sorted_by_id;
 
 /// stdout and stderr of a CLI run, for assertions and failure messages.
 pub fn text(out: &Output) -> String {
